@@ -1,0 +1,163 @@
+"""Argument parsing shared by `robustlab.train` and the study scripts."""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+from robustlab.data.augment import PAD_MODES, AugmentConfig
+from robustlab.engine import TrainConfig
+from robustlab.evaluate import TTA_MODES
+from robustlab.errors import UsageError
+from robustlab.experiment import Context, DataConfig
+from robustlab.schedules import OPTIMIZERS, SCHEDULES, OptimConfig
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block) and exit code 2."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def nonneg_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def unit_rate(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def name_list(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one name")
+    return values
+
+
+def add_context_args(p: argparse.ArgumentParser, default_out: str) -> None:
+    g = p.add_argument_group("where and how")
+    g.add_argument("--data-dir", default=os.environ.get("ROBUSTLAB_DATA"),
+                   help="folder with cifar-10-batches-py/, cifar-100-python/ or <dataset>/{train,test}/ (env ROBUSTLAB_DATA; default ./data)")
+    g.add_argument("--cache-dir", default=None, help="decoded-array cache (env ROBUSTLAB_CACHE; default ~/.cache/robustlab)")
+    g.add_argument("--out", default=default_out, help=f"results directory (default {default_out})")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+
+
+def add_data_args(p: argparse.ArgumentParser, dataset: str = "cifar10") -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=dataset, help="cifar10 | cifar100 | imagefolder:<path>")
+    g.add_argument("--val-size", type=nonneg_int, default=None, help="validation images carved from train (by seed)")
+    g.add_argument("--train-size", type=positive_int, default=None, help="class-balanced training subset size")
+    g.add_argument("--test-size", type=positive_int, default=None, help="class-balanced test subset (quick runs only)")
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training recipe")
+    g.add_argument("--epochs", type=positive_int, default=None)
+    g.add_argument("--batch-size", type=positive_int, default=None)
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
+    g.add_argument("--lr", type=positive_float, default=None)
+    g.add_argument("--momentum", type=float, default=None)
+    g.add_argument("--no-nesterov", action="store_true", help="plain momentum SGD")
+    g.add_argument("--weight-decay", type=float, default=None, help="L2 weight decay (the reports' lambda x 2)")
+    g.add_argument("--schedule", choices=SCHEDULES, default=None)
+    g.add_argument("--warmup-epochs", type=float, default=None)
+    g.add_argument("--step-size", type=positive_int, default=None, help="step schedule: epochs between decays")
+    g.add_argument("--milestones", type=int_list, default=None, help="multistep schedule: epochs, e.g. 50,75")
+    g.add_argument("--gamma", type=float, default=None, help="decay factor for step/multistep/plateau")
+    g.add_argument("--t0", type=positive_int, default=None, help="cosine_restarts: first period (epochs)")
+    g.add_argument("--t-mult", type=positive_int, default=None, help="cosine_restarts: period multiplier")
+    g.add_argument("--label-smoothing", type=unit_rate, default=None)
+    g.add_argument("--early-stop", type=nonneg_int, default=None, help="patience in epochs on validation accuracy (0 = off)")
+    g.add_argument("--tta", choices=TTA_MODES, default=None, help="test-time augmentation for the final evaluation")
+    g.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
+    g.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    a = p.add_argument_group("augmentation")
+    a.add_argument("--crop-pad", type=nonneg_int, default=None, help="random-crop padding in pixels (0 = off)")
+    a.add_argument("--pad-mode", choices=PAD_MODES, default=None)
+    a.add_argument("--no-flip", action="store_true")
+    a.add_argument("--cutout", type=nonneg_int, default=None, help="cutout square side (0 = off)")
+    a.add_argument("--rotate", type=float, default=None, help="max rotation in degrees")
+    a.add_argument("--shear", type=float, default=None, help="max shear in degrees")
+    a.add_argument("--zoom", type=float, default=None, help="max zoom fraction")
+    a.add_argument("--jitter", type=float, default=None, help="colour jitter strength")
+
+
+def _set(obj, **values) -> None:
+    for key, value in values.items():
+        if value is not None:
+            setattr(obj, key, value)
+
+
+def apply_train_args(args, train: TrainConfig, augment: AugmentConfig) -> None:
+    """Overlay the options the user gave on a preset's TrainConfig / AugmentConfig."""
+    o = train.optim
+    _set(train, epochs=args.epochs, batch_size=args.batch_size, early_stop_patience=args.early_stop, tta=args.tta)
+    _set(o, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+         schedule=args.schedule, warmup_epochs=args.warmup_epochs, step_size=args.step_size,
+         milestones=args.milestones, gamma=args.gamma, t0=args.t0, t_mult=args.t_mult)
+    if args.no_nesterov:
+        o.nesterov = False
+    if args.no_amp:
+        train.amp = False
+    if args.compile:
+        train.compile = True
+    _set(augment, crop_pad=args.crop_pad, pad_mode=args.pad_mode, cutout=args.cutout, rotate=args.rotate,
+         shear=args.shear, zoom=args.zoom, jitter=args.jitter)
+    if args.no_flip:
+        augment.flip = False
+    train.validate()
+    augment.validate()
+
+
+def apply_data_args(args, data: DataConfig) -> None:
+    _set(data, dataset=args.dataset, val_size=args.val_size, train_size=args.train_size, test_size=args.test_size)
+
+
+def context_from_args(args, resume: bool = False) -> Context:
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"output directory {out} is not writable ({exc.strerror or exc})") from None
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise UsageError(f"data directory {args.data_dir} does not exist")
+    return Context(data_dir=args.data_dir, cache_dir=args.cache_dir, device=args.device, quiet=args.quiet, resume=resume)

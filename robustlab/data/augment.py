@@ -1,0 +1,181 @@
+"""Augmentations of whole batches on the device (airbench style): each sample gets its own
+random parameters, but the work is a handful of batched tensor ops instead of per-image PIL calls.
+
+The pure functions take explicit parameters (offsets, masks, boxes), so they can be tested pixel
+by pixel; `BatchAugment` draws those parameters from a `torch.Generator`, so a seed fixes them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from robustlab.errors import require
+
+PAD_MODES = ("reflect", "zeros")
+
+
+@dataclass
+class AugmentConfig:
+    crop_pad: int = 4          # random crop from a padded image; 0 disables (also "translate")
+    pad_mode: str = "reflect"  # reflect | zeros
+    flip: bool = True          # horizontal flip with probability 1/2
+    cutout: int = 0            # side of the zeroed square (DeVries & Taylor 2017); 0 disables
+    rotate: float = 0.0        # max degrees of random rotation (report 003 uses 15)
+    shear: float = 0.0         # max degrees of random shear
+    zoom: float = 0.0          # random scale in [1 - zoom, 1 + zoom]
+    jitter: float = 0.0        # colour jitter strength for brightness/contrast/saturation
+
+    def validate(self) -> None:
+        require(self.crop_pad >= 0, f"crop padding must be >= 0, got {self.crop_pad}")
+        require(self.pad_mode in PAD_MODES, f"unknown pad mode {self.pad_mode!r}; choose {' or '.join(PAD_MODES)}")
+        require(self.cutout >= 0, f"cutout size must be >= 0, got {self.cutout}")
+        require(0 <= self.zoom < 1, f"zoom must be in [0, 1), got {self.zoom}")
+        require(0 <= self.jitter < 1, f"colour jitter must be in [0, 1), got {self.jitter}")
+        require(self.rotate >= 0 and self.shear >= 0, "rotation and shear must be >= 0 degrees")
+
+
+# ---- pure, parameterised transforms ---------------------------------------------------------
+
+def crop_padded(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, pad: int, mode: str = "reflect") -> torch.Tensor:
+    """Pad by `pad` and take the HxW window at per-sample offsets (oy, ox) in [0, 2*pad].
+
+    out[n, :, i, j] = padded[n, :, i + oy[n], j + ox[n]]; offsets (pad, pad) give the identity.
+    """
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad,) * 4, mode="reflect" if mode == "reflect" else "constant")
+    rows = (torch.arange(h, device=x.device)[None, :] + oy[:, None])  # (N, H)
+    cols = (torch.arange(w, device=x.device)[None, :] + ox[:, None])  # (N, W)
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def hflip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mirror the samples where mask is True."""
+    return torch.where(mask[:, None, None, None], x.flip(3), x)
+
+
+def cutout(x: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, size: int, fill: float = 0.0) -> torch.Tensor:
+    """Set a size x size square centred at (cy, cx) to `fill`; the square is clipped at the border."""
+    _, _, h, w = x.shape
+    top, left = cy - size // 2, cx - size // 2
+    ys = torch.arange(h, device=x.device)[None, :]
+    xs = torch.arange(w, device=x.device)[None, :]
+    in_rows = (ys >= top[:, None]) & (ys < top[:, None] + size)
+    in_cols = (xs >= left[:, None]) & (xs < left[:, None] + size)
+    mask = in_rows[:, :, None] & in_cols[:, None, :]
+    return x.masked_fill(mask[:, None], fill)
+
+
+def affine(x: torch.Tensor, angle: torch.Tensor, shear: torch.Tensor, scale: torch.Tensor, mode: str = "reflect") -> torch.Tensor:
+    """Per-sample rotation/shear (degrees) and zoom about the centre, bilinear sampling."""
+    a, s = torch.deg2rad(angle), torch.deg2rad(shear)
+    cos, sin, tan = torch.cos(a), torch.sin(a), torch.tan(s)
+    # Output->input map: inverse scale, rotation, then x-shear.
+    theta = torch.zeros(len(x), 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = (cos + tan * sin) / scale
+    theta[:, 0, 1] = (-sin + tan * cos) / scale
+    theta[:, 1, 0] = sin / scale
+    theta[:, 1, 1] = cos / scale
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection" if mode == "reflect" else "zeros",
+                         align_corners=False)
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601 luma, as torchvision's rgb_to_grayscale, kept as 1 channel."""
+    r, g, b = x.unbind(1)
+    return (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
+
+
+def color_jitter(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor, saturation: torch.Tensor) -> torch.Tensor:
+    """Per-sample brightness, contrast and saturation factors (1 = unchanged), images in [0, 1]."""
+    f = lambda t: t[:, None, None, None]  # noqa: E731
+    x = (x * f(brightness)).clamp(0, 1)
+    mean = grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
+    x = (mean + f(contrast) * (x - mean)).clamp(0, 1)
+    gray = grayscale(x)
+    return (gray + f(saturation) * (x - gray)).clamp(0, 1)
+
+
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    m = torch.as_tensor(mean, device=x.device, dtype=x.dtype)[None, :, None, None]
+    s = torch.as_tensor(std, device=x.device, dtype=x.dtype)[None, :, None, None]
+    return (x - m) / s
+
+
+# ---- random pipelines -----------------------------------------------------------------------
+
+def _uniform(n: int, low: float, high: float, g: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(n, generator=g, device=device) * (high - low) + low
+
+
+class Normalize:
+    """uint8 batch -> normalized float batch; the evaluation pipeline."""
+
+    def __init__(self, mean, std):
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return normalize(images.float().div_(255), self.mean, self.std)
+
+
+class BatchAugment(Normalize):
+    """uint8 batch -> augmented, normalized float batch, all parameters drawn from `generator`."""
+
+    def __init__(self, config: AugmentConfig, mean, std):
+        super().__init__(mean, std)
+        config.validate()
+        self.config = config
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        c, g, dev = self.config, generator, images.device
+        n, _, h, w = images.shape
+        x = images.float().div_(255)
+        if c.crop_pad:
+            oy = torch.randint(0, 2 * c.crop_pad + 1, (n,), generator=g, device=dev)
+            ox = torch.randint(0, 2 * c.crop_pad + 1, (n,), generator=g, device=dev)
+            x = crop_padded(x, oy, ox, c.crop_pad, c.pad_mode)
+        if c.flip:
+            x = hflip(x, torch.rand(n, generator=g, device=dev) < 0.5)
+        if c.rotate or c.shear or c.zoom:
+            x = affine(x, _uniform(n, -c.rotate, c.rotate, g, dev), _uniform(n, -c.shear, c.shear, g, dev),
+                       _uniform(n, 1 - c.zoom, 1 + c.zoom, g, dev), c.pad_mode)
+        if c.jitter:
+            x = color_jitter(x, *(_uniform(n, 1 - c.jitter, 1 + c.jitter, g, dev) for _ in range(3)))
+        x = normalize(x, self.mean, self.std)
+        if c.cutout:
+            # Applied after normalization, so the square holds the dataset mean (0).
+            cy = torch.randint(0, h, (n,), generator=g, device=dev)
+            cx = torch.randint(0, w, (n,), generator=g, device=dev)
+            x = cutout(x, cy, cx, c.cutout)
+        return x
+
+
+def random_resized_boxes(n: int, size: int, scale: tuple[float, float], ratio: tuple[float, float],
+                         g: torch.Generator, device) -> torch.Tensor:
+    """Per-sample crop boxes (x0, y0, x1, y1) in pixels with area fraction in `scale` and aspect in `ratio`."""
+    area = _uniform(n, *scale, g, device) * size * size
+    log_r = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), g, device)
+    aspect = torch.exp(log_r)
+    bw = torch.sqrt(area * aspect).clamp(1, size)
+    bh = torch.sqrt(area / aspect).clamp(1, size)
+    x0 = torch.rand(n, generator=g, device=device) * (size - bw)
+    y0 = torch.rand(n, generator=g, device=device) * (size - bh)
+    return torch.stack([x0, y0, x0 + bw, y0 + bh], dim=1)
+
+
+def resized_crop(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Crop each sample to its box (x0, y0, x1, y1 in pixels) and resize back to HxW, bilinear."""
+    n, _, h, w = x.shape
+    boxes = boxes.to(x.dtype)
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = (boxes[:, 2] - boxes[:, 0]) / w
+    theta[:, 1, 1] = (boxes[:, 3] - boxes[:, 1]) / h
+    theta[:, 0, 2] = (boxes[:, 0] + boxes[:, 2]) / w - 1
+    theta[:, 1, 2] = (boxes[:, 1] + boxes[:, 3]) / h - 1
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)

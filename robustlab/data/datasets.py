@@ -1,0 +1,156 @@
+"""Find, decode and cache CIFAR-10 / CIFAR-100 / image-folder datasets as uint8 tensors.
+
+Sources, tried in order for `cifar10` / `cifar100`:
+  1. torchvision's `cifar-10-batches-py` / `cifar-100-python` folder under the data dir;
+  2. an image-folder tree `<data_dir>/<name>/{train,test}/<class>/*.(png|jpg)`;
+  3. torchvision's download into the data dir, where a network exists.
+`imagefolder:<path>` reads `<path>/{train,test}/<class>/...` directly.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from robustlab.data.cache import ArrayCache
+from robustlab.errors import UsageError
+
+KNOWN_DATASETS = ("cifar10", "cifar100", "imagefolder:<path>")
+TORCHVISION_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+@dataclass
+class ImageDataset:
+    """One split held as tensors: images uint8 (N, 3, H, W), labels int64 (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    coarse_labels: torch.Tensor | None = None
+    coarse_classes: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def subset(self, index: torch.Tensor | np.ndarray) -> "ImageDataset":
+        index = torch.as_tensor(index, dtype=torch.long)
+        coarse = None if self.coarse_labels is None else self.coarse_labels[index]
+        return ImageDataset(self.images[index], self.labels[index], self.classes, coarse, self.coarse_classes)
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("ROBUSTLAB_DATA", "data"))
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("ROBUSTLAB_CACHE", Path.home() / ".cache" / "robustlab"))
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
+                 download: bool = True) -> tuple[ImageDataset, ImageDataset]:
+    """Return (train, test) for `cifar10`, `cifar100` or `imagefolder:<path>`."""
+    data_dir = Path(data_dir) if data_dir else default_data_dir()
+    cache = ArrayCache(Path(cache_dir) if cache_dir else default_cache_dir())
+    if name.startswith("imagefolder:"):
+        root = Path(name.split(":", 1)[1]).expanduser()
+        if not (root / "train").is_dir() or not (root / "test").is_dir():
+            raise UsageError(f"image folder dataset needs {root}/train/<class>/ and {root}/test/<class>/; not found")
+        return _load_image_folder(root, cache)
+    if name not in TORCHVISION_FOLDERS:
+        raise UsageError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN_DATASETS)}")
+
+    tried = []
+    tv_dir = data_dir / TORCHVISION_FOLDERS[name]
+    tried.append(str(tv_dir))
+    if tv_dir.is_dir():
+        return _load_torchvision(name, data_dir)
+    folder = data_dir / name
+    tried.append(str(folder / "{train,test}"))
+    if (folder / "train").is_dir() and (folder / "test").is_dir():
+        return _load_image_folder(folder, cache)
+    if download:
+        tried.append("torchvision download")
+        try:
+            return _load_torchvision(name, data_dir, download=True)
+        except Exception as exc:  # no network, read-only dir, ...
+            tried[-1] += f" ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'failed'})"
+    raise UsageError(
+        f"dataset {name!r} not found; tried: {'; '.join(tried)}. "
+        f"Pass --data-dir DIR (or set ROBUSTLAB_DATA) to a folder holding {TORCHVISION_FOLDERS[name]}/ or {name}/train and {name}/test")
+
+
+def _load_torchvision(name: str, data_dir: Path, download: bool = False) -> tuple[ImageDataset, ImageDataset]:
+    """Read torchvision's pickled CIFAR batches (torchvision verifies the files' checksums)."""
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    splits = []
+    for train in (True, False):
+        try:
+            ds = cls(root=str(data_dir), train=train, download=download)
+        except RuntimeError as exc:
+            if download:
+                raise
+            raise UsageError(f"{data_dir / TORCHVISION_FOLDERS[name]} is incomplete or corrupt: {exc}") from None
+        images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
+        labels = torch.as_tensor(ds.targets, dtype=torch.long)
+        coarse, coarse_classes = (None, None)
+        if name == "cifar100":
+            coarse, coarse_classes = _cifar100_coarse(data_dir, train)
+        splits.append(ImageDataset(images, labels, list(ds.classes), coarse, coarse_classes))
+    return splits[0], splits[1]
+
+
+def _cifar100_coarse(data_dir: Path, train: bool) -> tuple[torch.Tensor, list[str]]:
+    base = data_dir / TORCHVISION_FOLDERS["cifar100"]
+    with open(base / ("train" if train else "test"), "rb") as f:
+        entry = pickle.load(f, encoding="latin1")
+    with open(base / "meta", "rb") as f:
+        meta = pickle.load(f, encoding="latin1")
+    return torch.as_tensor(entry["coarse_labels"], dtype=torch.long), list(meta["coarse_label_names"])
+
+
+def _load_image_folder(root: Path, cache: "ArrayCache") -> tuple[ImageDataset, ImageDataset]:
+    from torchvision.datasets.folder import find_classes, make_dataset
+
+    splits = []
+    for split in ("train", "test"):
+        classes, class_to_idx = find_classes(str(root / split))
+        samples = make_dataset(str(root / split), class_to_idx, extensions=IMAGE_SUFFIXES)
+        if not samples:
+            raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root / split}")
+        key = f"{root.resolve()}|{split}|{len(samples)}|{samples[0][0]}|{samples[-1][0]}"
+        arrays = cache.get(key)
+        if arrays is None:
+            arrays = {"images": _decode_all([p for p, _ in samples]), "labels": np.array([c for _, c in samples], dtype=np.int64)}
+            cache.put(key, arrays)
+        splits.append(ImageDataset(torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["labels"]), classes))
+    if splits[0].classes != splits[1].classes:
+        raise UsageError(f"train and test class folders differ under {root}")
+    return splits[0], splits[1]
+
+
+def _decode_one(path: str) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def _decode_all(paths: list[str]) -> np.ndarray:
+    # Pillow releases the GIL while decoding, so threads give a real speed-up.
+    with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) * 2)) as pool:
+        arrays = list(pool.map(_decode_one, paths, chunksize=256))
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise UsageError(f"images must all have one size; found {sorted(shapes)[:3]} (e.g. {paths[0]})")
+    return np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2))

@@ -1,0 +1,239 @@
+"""The one training loop every strategy uses (in the spirit of torchvision's reference train.py).
+
+fit() owns the optimizer, LR schedule, bf16 autocast and channels_last on CUDA, early stopping,
+the best checkpoint, a resumable checkpoint after every epoch, and the per-epoch history.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from robustlab.checkpoint import load_checkpoint, save_checkpoint
+from robustlab.errors import UsageError, require
+from robustlab.evaluate import TTA_MODES, classification_metrics, collect_logits, l2_term
+from robustlab.schedules import OptimConfig, build_optimizer, build_scheduler, steps_per_iteration
+from robustlab.strategies.base import Strategy
+
+
+class TrainingDiverged(UsageError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 128
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    amp: bool = True              # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True    # on CUDA only
+    compile: bool = False         # torch.compile the networks
+    early_stop_patience: int = 0  # epochs without validation improvement before stopping; 0 = never
+    tta: str = "flip"             # extra final test evaluation with test-time augmentation
+    grad_clip: float = 0.0        # max global grad norm; 0 = off
+    nan_check_every: int = 50     # steps between (synchronizing) checks for a non-finite loss
+
+    def validate(self) -> None:
+        require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        require(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
+        require(self.tta in TTA_MODES, f"unknown TTA mode {self.tta!r}; choose one of {', '.join(TTA_MODES)}")
+        require(self.early_stop_patience >= 0, "early-stop patience must be >= 0")
+        self.optim.validate()
+
+
+@dataclass
+class FitResult:
+    history: list[dict]
+    metrics: dict          # final test metrics (last epoch weights)
+    best: dict             # epoch and metrics of the best checkpoint
+    seconds: float
+    stopped_early: bool = False
+
+
+def _log(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, test_loader=None,
+        run_dir: str | Path | None = None, resume: str | Path | None = None, quiet: bool = False,
+        num_classes: int | None = None) -> FitResult:
+    """Train `strategy` and return its history and final test metrics.
+
+    `resume` is a checkpoint path; training continues after its last finished epoch and, on CPU
+    with a fixed seed, ends with exactly the weights of an uninterrupted run.
+    """
+    cfg.validate()
+    device = train_loader.device
+    cuda = device.type == "cuda"
+    strategy.to(device)
+    if cuda and cfg.channels_last:
+        strategy.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        for module in strategy.children():
+            module.compile()
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and cfg.amp else None
+    params = [p for p in strategy.parameters() if p.requires_grad]
+    require(len(params) > 0, "the strategy has no trainable parameters")
+    optimizer = build_optimizer(params, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.epochs, len(train_loader))
+    per_step = steps_per_iteration(cfg.optim)
+    run_dir = Path(run_dir) if run_dir else None
+    num_classes = num_classes or _infer_classes(strategy)
+
+    history: list[dict] = []
+    best = {"epoch": -1, "score": -math.inf}
+    start_epoch, stale, elapsed = 0, 0, 0.0
+    if resume:
+        state = load_checkpoint(resume, map_location=device)
+        strategy.load_state_dict(state["strategy"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, best, stale, elapsed = state["history"], state["best"], state["stale"], state["elapsed"]
+        start_epoch = state["epoch"] + 1
+        torch.set_rng_state(state["rng_cpu"])
+        if cuda and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"])
+        _log(f"resumed from {resume} after epoch {start_epoch}", quiet)
+
+    stopped_early = False
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+        row.update(_train_epoch(strategy, train_loader, optimizer, scheduler if per_step else None, cfg, epoch,
+                                autocast, quiet, run_dir))
+        seconds = time.perf_counter() - t0
+        row.update(seconds=seconds, images_per_s=row.pop("_samples") / seconds)
+        elapsed += seconds
+        strategy.eval()
+        if val_loader is not None:
+            row.update(classification_metrics(*collect_logits(strategy.predict, val_loader, autocast=autocast),
+                                              num_classes, prefix="val_"))
+        if test_loader is not None:
+            row.update(_test_metrics(strategy, test_loader, num_classes, autocast))
+        if not per_step:
+            scheduler.step(row.get("val_loss", row["train_loss"]))
+        row.update(strategy.epoch_metrics())
+        history.append(row)
+        _log(_summary(row, cfg.epochs), quiet)
+
+        score = row.get("val_acc", row.get("test_acc", -row["train_loss"]))
+        improved = score > best["score"]
+        if improved:
+            best = {"epoch": epoch + 1, "score": score, **{k: v for k, v in row.items() if k.startswith(("val_", "test_"))}}
+            stale = 0
+        else:
+            stale += 1
+        if run_dir is not None:
+            if improved:
+                save_checkpoint(run_dir / "best.pt", {"strategy": strategy.state_dict(), "epoch": epoch, "best": best})
+            save_checkpoint(run_dir / "last.pt", {
+                "strategy": strategy.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history, "best": best,
+                "stale": stale, "elapsed": elapsed, "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state() if cuda else None, "config": asdict(cfg)})
+        if cfg.early_stop_patience and val_loader is not None and stale >= cfg.early_stop_patience:
+            _log(f"early stop: no validation improvement for {stale} epochs", quiet)
+            stopped_early = True
+            break
+
+    metrics = {}
+    if test_loader is not None:
+        strategy.eval()
+        logits, labels = collect_logits(strategy.predict, test_loader, autocast=autocast)
+        metrics = classification_metrics(logits, labels, num_classes, prefix="test_", full=True)
+        l2 = l2_term(strategy.model)
+        metrics["l2_sum"] = l2
+        # Cost as in report 000: loss + lambda * sum(W^2), with lambda = weight_decay / 2 so that
+        # SGD's weight decay is exactly the gradient of this penalty.
+        metrics["test_cost"] = metrics["test_loss"] + cfg.optim.weight_decay / 2 * l2
+        if cfg.tta != "none":
+            tta_logits, tta_labels = collect_logits(strategy.predict, test_loader, tta=cfg.tta, autocast=autocast)
+            metrics["test_acc_tta"] = classification_metrics(tta_logits, tta_labels, num_classes)["acc"]
+        for name, module in strategy.extra_predictors().items():
+            module.eval()
+            metrics.update(classification_metrics(*collect_logits(module, test_loader, autocast=autocast),
+                                                  num_classes, prefix=f"test_{name}_"))
+        metrics["test_acc_best"] = max(r["test_acc"] for r in history)
+    if history:
+        metrics["train_seconds"] = elapsed
+        metrics["images_per_s"] = sum(r["images_per_s"] for r in history) / len(history)
+    return FitResult(history, metrics, best, elapsed, stopped_early)
+
+
+def _train_epoch(strategy, loader, optimizer, scheduler, cfg, epoch, autocast, quiet, run_dir) -> dict:
+    strategy.train()
+    strategy.on_epoch_start(epoch, cfg.epochs)
+    loader.set_epoch(epoch)
+    device = loader.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    seen, counted = 0, 0
+    bad_step = torch.full((), -1, device=device, dtype=torch.long)
+    bar = None
+    if not quiet:
+        from tqdm import tqdm
+        bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stderr)
+    for step, (x, y, idx) in enumerate(loader):
+        if x.device.type == "cuda" and cfg.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast() if autocast else contextlib.nullcontext():
+            out = strategy.train_step(x, y, idx, epoch)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        loss = out.loss.detach().float()
+        # Record the first non-finite step on the device: no per-step host sync.
+        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), torch.full_like(bad_step, step), bad_step)
+        n = len(y)
+        loss_sum += loss * n
+        seen += n
+        if out.logits is not None:
+            targets = out.targets if out.targets is not None else y
+            correct += (out.logits.detach().argmax(1) == targets).sum()
+            counted += len(targets)
+        if (step + 1) % cfg.nan_check_every == 0 or step + 1 == len(loader):
+            if int(bad_step) >= 0:
+                where = f"; last good checkpoint: {run_dir / 'last.pt'}" if run_dir and (run_dir / "last.pt").exists() else ""
+                raise TrainingDiverged(f"loss became non-finite at epoch {epoch + 1}, step {int(bad_step) + 1}{where}")
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
+    row = {"train_loss": (loss_sum / max(seen, 1)).item(), "_samples": seen}
+    if counted:
+        row["train_acc"] = (correct / counted).item()
+    return row
+
+
+def _test_metrics(strategy: Strategy, loader, num_classes: int, autocast) -> dict:
+    return classification_metrics(*collect_logits(strategy.predict, loader, autocast=autocast), num_classes, prefix="test_")
+
+
+def _infer_classes(strategy: Strategy) -> int:
+    head = getattr(strategy.model, "head", None)
+    out = getattr(head, "out_features", None)
+    if out is None and head is not None:
+        linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
+        out = linears[-1].out_features if linears else None
+    if out is None:
+        raise UsageError("cannot infer the number of classes; pass num_classes to fit()")
+    return out
+
+
+def _summary(row: dict, epochs: int) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}", f"lr {row['lr']:.4g}", f"train_loss {row['train_loss']:.4f}"]
+    for key in ("train_acc", "val_acc", "test_acc", "label_precision"):
+        if key in row:
+            parts.append(f"{key} {row[key]:.4f}")
+    parts.append(f"{row['seconds']:.1f}s ({row['images_per_s']:.0f} img/s)")
+    return " | ".join(parts)

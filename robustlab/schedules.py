@@ -1,0 +1,102 @@
+"""Optimizers and learning-rate schedules, built from torch.optim and stepped once per iteration.
+
+Epoch-denominated settings (warm-up, step size, milestones, restart period) are converted to
+iterations, so every schedule changes the LR smoothly within an epoch. `plateau` is the one
+exception: it steps once per epoch on the validation loss.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from robustlab.errors import UsageError, require
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "step", "multistep", "cosine", "warmup_cosine", "cosine_restarts", "cyclic", "onecycle", "plateau")
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "warmup_cosine"
+    warmup_epochs: float = 1.0     # warmup_cosine
+    min_lr: float = 0.0            # floor of the cosine schedules
+    step_size: int = 30            # step: epochs between decays
+    milestones: list[int] = field(default_factory=lambda: [50, 75])  # multistep: epochs
+    gamma: float = 0.1             # step / multistep / plateau decay factor
+    t0: int = 10                   # cosine_restarts: first period in epochs
+    t_mult: int = 1                # cosine_restarts: period growth factor
+    cyclic_base_lr: float = 1e-4   # cyclic (triangular) lower bound; lr is the upper bound
+    cyclic_half_epochs: float = 2.0  # cyclic: epochs per half cycle
+    plateau_patience: int = 3
+
+    def validate(self) -> None:
+        require(self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        require(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        require(self.lr > 0 and math.isfinite(self.lr), f"learning rate must be > 0, got {self.lr}")
+        require(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
+        require(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        require(self.t0 >= 1 and self.t_mult >= 1, "cosine restarts need t0 >= 1 and t_mult >= 1")
+        require(self.step_size >= 1, f"step size must be >= 1 epoch, got {self.step_size}")
+        require(0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}")
+        require(self.warmup_epochs >= 0, "warm-up epochs must be >= 0")
+
+
+def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+    cfg.validate()
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def warmup_cosine_factor(step: int, warmup: int, total: int, min_factor: float = 0.0) -> float:
+    """Linear warm-up from ~0 to 1 over `warmup` steps, then cosine decay to `min_factor` at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: int, steps_per_epoch: int):
+    """Return a torch LR scheduler; call `.step()` after every iteration (plateau: every epoch, with val loss)."""
+    from torch.optim import lr_scheduler as S
+
+    total = epochs * steps_per_epoch
+    spe = steps_per_epoch
+    if cfg.schedule == "constant":
+        return S.LambdaLR(optimizer, lambda step: 1.0)
+    if cfg.schedule == "step":
+        return S.StepLR(optimizer, step_size=cfg.step_size * spe, gamma=cfg.gamma)
+    if cfg.schedule == "multistep":
+        return S.MultiStepLR(optimizer, milestones=[m * spe for m in cfg.milestones], gamma=cfg.gamma)
+    if cfg.schedule == "cosine":
+        return S.CosineAnnealingLR(optimizer, T_max=total, eta_min=cfg.min_lr)
+    if cfg.schedule == "warmup_cosine":
+        warm = round(cfg.warmup_epochs * spe)
+        floor = cfg.min_lr / cfg.lr
+        return S.LambdaLR(optimizer, lambda step: warmup_cosine_factor(step, warm, total, floor))
+    if cfg.schedule == "cosine_restarts":
+        return S.CosineAnnealingWarmRestarts(optimizer, T_0=cfg.t0 * spe, T_mult=cfg.t_mult, eta_min=cfg.min_lr)
+    if cfg.schedule == "cyclic":
+        return S.CyclicLR(optimizer, base_lr=cfg.cyclic_base_lr, max_lr=cfg.lr, mode="triangular",
+                          step_size_up=max(1, round(cfg.cyclic_half_epochs * spe)),
+                          cycle_momentum=cfg.optimizer == "sgd" and cfg.momentum > 0)
+    if cfg.schedule == "onecycle":
+        return S.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(total, 2))
+    if cfg.schedule == "plateau":
+        return S.ReduceLROnPlateau(optimizer, factor=cfg.gamma, patience=cfg.plateau_patience)
+    raise UsageError(f"unknown schedule {cfg.schedule!r}")
+
+
+def steps_per_iteration(cfg: OptimConfig) -> bool:
+    """True when the scheduler steps every iteration (all but plateau)."""
+    return cfg.schedule != "plateau"

@@ -1,0 +1,93 @@
+"""Co-Teaching (Han et al., NeurIPS 2018): two networks teach each other with small-loss samples.
+
+At epoch T each network ranks the batch by its own per-sample loss and keeps the
+R(T) = 1 - tau * min(T / Tk, 1) ** exponent fraction with the smallest losses; each network is
+then updated on the samples its *peer* kept. With exponent = 1 this is the paper's schedule.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustlab.errors import require
+from robustlab.strategies.base import StepOutput, Strategy
+
+
+def forget_rate(epoch: int, tau: float, num_gradual: int, exponent: float = 1.0) -> float:
+    """Fraction of each batch dropped at (0-based) epoch `epoch`: tau * min(epoch / Tk, 1) ** exponent."""
+    if num_gradual <= 0:
+        return tau
+    return tau * min(epoch / num_gradual, 1.0) ** exponent
+
+
+def remember_rate(epoch: int, tau: float, num_gradual: int, exponent: float = 1.0) -> float:
+    """R(T): the fraction of each batch that is kept."""
+    return 1.0 - forget_rate(epoch, tau, num_gradual, exponent)
+
+
+def cross_update_indices(loss1: torch.Tensor, loss2: torch.Tensor, num_remember: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (indices to update net1 on, indices to update net2 on).
+
+    Net 1 learns from the `num_remember` samples with the smallest loss under net 2, and vice versa.
+    """
+    keep1 = torch.argsort(loss1)[:num_remember]  # net 1's small-loss picks
+    keep2 = torch.argsort(loss2)[:num_remember]
+    return keep2, keep1
+
+
+class EnsembleLogits(nn.Module):
+    """Log of the mean softmax of two networks, usable wherever logits are expected."""
+
+    def __init__(self, net1: nn.Module, net2: nn.Module):
+        super().__init__()
+        self.nets = nn.ModuleList([net1, net2])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([n(x).float().softmax(1) for n in self.nets]).mean(0)
+        return probs.clamp_min(1e-12).log()
+
+
+class CoTeaching(Strategy):
+    """Two networks with different initializations; pass `clean_labels` (indexed by the loader's
+    sample indices) to record label precision, the fraction of kept samples whose label is clean."""
+
+    def __init__(self, model: nn.Module, peer: nn.Module, forget_rate: float, num_gradual: int = 10,
+                 exponent: float = 1.0, clean_labels: torch.Tensor | None = None):
+        super().__init__()
+        require(0.0 <= forget_rate < 1.0, f"co-teaching forget rate must be in [0, 1), got {forget_rate}")
+        require(num_gradual >= 0, f"num_gradual must be >= 0, got {num_gradual}")
+        require(exponent > 0, f"exponent must be > 0, got {exponent}")
+        self.model, self.peer = model, peer
+        self.tau, self.num_gradual, self.exponent = forget_rate, num_gradual, exponent
+        self.register_buffer("clean_labels", clean_labels, persistent=False)
+        self._remember = 1.0
+        self._kept = self._kept_clean = None
+
+    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+        self._remember = remember_rate(epoch, self.tau, self.num_gradual, self.exponent)
+        self._kept = self._kept_clean = None
+
+    def train_step(self, x, y, idx, epoch) -> StepOutput:
+        logits1, logits2 = self.model(x), self.peer(x)
+        loss1 = F.cross_entropy(logits1, y, reduction="none")
+        loss2 = F.cross_entropy(logits2, y, reduction="none")
+        num_remember = max(1, int(self._remember * len(y)))
+        update1, update2 = cross_update_indices(loss1.detach(), loss2.detach(), num_remember)
+        # Mean over the selected samples, once per network.
+        loss = loss1[update1].mean() + loss2[update2].mean()
+        if self.clean_labels is not None:
+            kept = torch.cat([update1, update2])
+            clean = (self.clean_labels[idx[kept]] == y[kept]).sum()
+            self._kept = len(kept) + (self._kept if self._kept is not None else 0)
+            self._kept_clean = clean + (self._kept_clean if self._kept_clean is not None else 0)
+        return StepOutput(loss, logits1)
+
+    def epoch_metrics(self) -> dict[str, float]:
+        out = {"remember_rate": self._remember}
+        if self._kept:
+            out["label_precision"] = float(self._kept_clean) / self._kept
+        return out
+
+    def extra_predictors(self) -> dict[str, nn.Module]:
+        return {"net2": self.peer, "ensemble": EnsembleLogits(self.model, self.peer)}
