@@ -1,0 +1,228 @@
+"""What every study shares: grid execution with sharding and resume, tables, and curve figures.
+
+A study is a list of `ExperimentConfig`s (arms x seeds x ...). `run_grid` runs this process's
+share of the missing ones (`--shard i/n`), then gathers every record that exists, so a SLURM
+array or several GPUs can split a study and a final `--collect` builds the tables.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from robustlab.cli import Parser, add_context_args, add_data_args, add_train_args, int_list
+from robustlab.errors import UsageError
+from robustlab.experiment import Context, ExperimentConfig, run_experiment
+from robustlab.fileio import write_text
+from robustlab.records import find_record
+
+PRESETS = ("quick", "paper")
+
+
+def study_parser(name: str, description: str, dataset: str = "cifar10") -> Parser:
+    p = Parser(prog=f"python -m studies.{name}", description=description)
+    g = p.add_argument_group("study")
+    g.add_argument("--preset", choices=PRESETS, default="quick",
+                   help="quick: minutes on a laptop CPU; paper: the full GPU recipe")
+    g.add_argument("--seeds", type=int_list, default=None, help="comma-separated seeds, e.g. 0,1,2")
+    g.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
+                   help="run only share I (0-based) of N of the grid, and skip the tables")
+    g.add_argument("--collect", action="store_true", help="run nothing; build tables and figures from existing records")
+    g.add_argument("--resume", action="store_true", help="continue unfinished runs from their last checkpoint")
+    g.add_argument("--figures-dir", default=f"figures/{name}", help=f"where figures are copied (default figures/{name})")
+    add_data_args(p, dataset)
+    add_train_args(p)
+    add_context_args(p, default_out=f"results/{name}")
+    return p
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N such as 0/4, got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"need 0 <= I < N, got {text!r}")
+    return i, n
+
+
+def select_shard(configs: list[ExperimentConfig], shard: tuple[int, int] | None) -> list[ExperimentConfig]:
+    """Every N-th run of the grid ordered by run id: the same split in every process."""
+    if shard is None:
+        return configs
+    i, n = shard
+    ordered = sorted(configs, key=lambda c: c.run_id)
+    return [c for k, c in enumerate(ordered) if k % n == i]
+
+
+@dataclass
+class Run:
+    config: ExperimentConfig
+    record: dict
+
+
+def run_grid(configs: list[ExperimentConfig], args, ctx: Context,
+             runner: Callable[[ExperimentConfig, Path, Context], dict] | None = None) -> list[Run]:
+    """Run this shard's missing runs, then return every run of the grid that has a record."""
+    runner = runner or (lambda cfg, out, c: run_experiment(cfg, out, c))
+    ids = [c.run_id for c in configs]
+    if len(set(ids)) != len(ids):
+        raise UsageError("the study grid contains duplicate runs")
+    if not args.collect:
+        mine = select_shard(configs, args.shard)
+        for k, cfg in enumerate(mine, 1):
+            if find_record(args.out, cfg.run_id) is None:
+                print(f"[{k}/{len(mine)}] {cfg.run_id}", file=sys.stderr, flush=True)
+            runner(cfg, Path(args.out), ctx)
+    done, missing = [], []
+    for cfg in configs:
+        record = find_record(args.out, cfg.run_id)
+        (done if record else missing).append(Run(cfg, record) if record else cfg)
+    if missing:
+        print(f"{len(missing)} of {len(configs)} runs have no record yet: "
+              f"{', '.join(c.run_id for c in missing[:5])}{' ...' if len(missing) > 5 else ''}", file=sys.stderr)
+    return done
+
+
+def should_tabulate(args) -> bool:
+    return args.shard is None
+
+
+# ---- tables ----------------------------------------------------------------------------------
+
+def _is_pct(column: str) -> bool:
+    return any(k in column for k in ("acc", "precision", "realized_noise", "ece"))
+
+
+def aggregate(rows: list[dict], keys: list[str], metrics: list[str]) -> list[dict]:
+    """Group rows by `keys`; each metric becomes its mean plus `<metric>_std` over the group."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row.get(k) for k in keys), []).append(row)
+    out = []
+    for key, members in groups.items():
+        agg = dict(zip(keys, key))
+        agg["n_seeds"] = len(members)
+        for m in metrics:
+            values = [r[m] for r in members if r.get(m) is not None and not _nan(r[m])]
+            if values:
+                mean = sum(values) / len(values)
+                agg[m] = mean
+                agg[f"{m}_std"] = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+            else:
+                agg[m], agg[f"{m}_std"] = None, None
+        out.append(agg)
+    return out
+
+
+def _nan(v) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+def _fmt(value, pct: bool) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{100 * value:.2f}" if pct else f"{value:.4g}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    """Markdown with mean ± std where a `<col>_std` is present; accuracies in percent."""
+    header = [f"{c} (%)" if _is_pct(c) else c for c in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = []
+        for c in columns:
+            cell = _fmt(row.get(c), _is_pct(c))
+            std = row.get(f"{c}_std")
+            if cell and std and row.get("n_seeds", 1) > 1:
+                cell += f" ± {_fmt(std, _is_pct(c))}"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(rows: list[dict], columns: list[str]) -> str:
+    fields = []
+    for c in columns:
+        fields.append(c)
+        if any(f"{c}_std" in r for r in rows):
+            fields.append(f"{c}_std")
+    if any("n_seeds" in r for r in rows) and "n_seeds" not in fields:
+        fields.append("n_seeds")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
+    return buf.getvalue()
+
+
+def write_table(rows: list[dict], columns: list[str], dirs: Iterable[str | Path], stem: str = "table",
+                title: str | None = None, note: str | None = None) -> str:
+    md = (f"## {title}\n\n" if title else "") + markdown_table(rows, columns) + (f"\n{note}\n" if note else "")
+    for d in dirs:
+        write_text(Path(d) / f"{stem}.md", md)
+        write_text(Path(d) / f"{stem}.csv", csv_table(rows, columns))
+    return md
+
+
+# ---- figures ---------------------------------------------------------------------------------
+
+def history_rows(runs: list[Run], label: Callable[[Run], str]) -> list[dict]:
+    """One row per (run, epoch) with the run's label and seed: the long format seaborn wants."""
+    rows = []
+    for run in runs:
+        for h in run.record["history"]:
+            rows.append({"arm": label(run), "seed": run.config.seed, **h})
+    return rows
+
+
+def plot_curves(rows: list[dict], y: str, path_stem: str, dirs: Iterable[str | Path], ylabel: str | None = None,
+                title: str | None = None, hue: str = "arm") -> list[Path]:
+    """Line plot of `y` per epoch, one line per `hue` value (mean over seeds with a band)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    frame = pd.DataFrame([r for r in rows if r.get(y) is not None])
+    if frame.empty:
+        return []
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    sns.lineplot(data=frame, x="epoch", y=y, hue=hue, marker="o", markersize=3, errorbar="sd", ax=ax)
+    ax.set_ylabel(ylabel or y)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path_stem, dirs)
+
+
+def save_figure(fig, stem: str, dirs: Iterable[str | Path]) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for d in dirs:
+        path = Path(d) / f"{stem}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def output_dirs(args) -> list[Path]:
+    dirs = [Path(args.out)]
+    if args.figures_dir and Path(args.figures_dir).resolve() != Path(args.out).resolve():
+        dirs.append(Path(args.figures_dir))
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+    return dirs
