@@ -6,12 +6,12 @@ by pixel; `BatchAugment` draws those parameters from a `torch.Generator`, so a s
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from robustlab.data.color import adjust_brightness, adjust_contrast, adjust_saturation
 from robustlab.errors import require
 
 PAD_MODES = ("reflect", "zeros")
@@ -85,22 +85,6 @@ def affine(x: torch.Tensor, angle: torch.Tensor, shear: torch.Tensor, scale: tor
                          align_corners=False)
 
 
-def grayscale(x: torch.Tensor) -> torch.Tensor:
-    """ITU-R 601 luma, as torchvision's rgb_to_grayscale, kept as 1 channel."""
-    r, g, b = x.unbind(1)
-    return (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
-
-
-def color_jitter(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor, saturation: torch.Tensor) -> torch.Tensor:
-    """Per-sample brightness, contrast and saturation factors (1 = unchanged), images in [0, 1]."""
-    f = lambda t: t[:, None, None, None]  # noqa: E731
-    x = (x * f(brightness)).clamp(0, 1)
-    mean = grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
-    x = (mean + f(contrast) * (x - mean)).clamp(0, 1)
-    gray = grayscale(x)
-    return (gray + f(saturation) * (x - gray)).clamp(0, 1)
-
-
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     m = torch.as_tensor(mean, device=x.device, dtype=x.dtype)[None, :, None, None]
     s = torch.as_tensor(std, device=x.device, dtype=x.dtype)[None, :, None, None]
@@ -145,7 +129,9 @@ class BatchAugment(Normalize):
             x = affine(x, _uniform(n, -c.rotate, c.rotate, g, dev), _uniform(n, -c.shear, c.shear, g, dev),
                        _uniform(n, 1 - c.zoom, 1 + c.zoom, g, dev), c.pad_mode)
         if c.jitter:
-            x = color_jitter(x, *(_uniform(n, 1 - c.jitter, 1 + c.jitter, g, dev) for _ in range(3)))
+            x = adjust_brightness(x, _uniform(n, 1 - c.jitter, 1 + c.jitter, g, dev))
+            x = adjust_contrast(x, _uniform(n, 1 - c.jitter, 1 + c.jitter, g, dev))
+            x = adjust_saturation(x, _uniform(n, 1 - c.jitter, 1 + c.jitter, g, dev))
         x = normalize(x, self.mean, self.std)
         if c.cutout:
             # Applied after normalization, so the square holds the dataset mean (0).
@@ -153,29 +139,3 @@ class BatchAugment(Normalize):
             cx = torch.randint(0, w, (n,), generator=g, device=dev)
             x = cutout(x, cy, cx, c.cutout)
         return x
-
-
-def random_resized_boxes(n: int, size: int, scale: tuple[float, float], ratio: tuple[float, float],
-                         g: torch.Generator, device) -> torch.Tensor:
-    """Per-sample crop boxes (x0, y0, x1, y1) in pixels with area fraction in `scale` and aspect in `ratio`."""
-    area = _uniform(n, *scale, g, device) * size * size
-    log_r = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), g, device)
-    aspect = torch.exp(log_r)
-    bw = torch.sqrt(area * aspect).clamp(1, size)
-    bh = torch.sqrt(area / aspect).clamp(1, size)
-    x0 = torch.rand(n, generator=g, device=device) * (size - bw)
-    y0 = torch.rand(n, generator=g, device=device) * (size - bh)
-    return torch.stack([x0, y0, x0 + bw, y0 + bh], dim=1)
-
-
-def resized_crop(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """Crop each sample to its box (x0, y0, x1, y1 in pixels) and resize back to HxW, bilinear."""
-    n, _, h, w = x.shape
-    boxes = boxes.to(x.dtype)
-    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
-    theta[:, 0, 0] = (boxes[:, 2] - boxes[:, 0]) / w
-    theta[:, 1, 1] = (boxes[:, 3] - boxes[:, 1]) / h
-    theta[:, 0, 2] = (boxes[:, 0] + boxes[:, 2]) / w - 1
-    theta[:, 1, 2] = (boxes[:, 1] + boxes[:, 3]) / h - 1
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)

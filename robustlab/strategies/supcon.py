@@ -1,0 +1,259 @@
+"""Supervised contrastive learning (Khosla et al. 2020) and the classifier stage that follows it.
+
+Stage 1, `SupConPretrain`: two augmented views per image go through the encoder and a projection
+head; pytorch-metric-learning's `SupConLoss` pulls together every pair of embeddings that share a
+label (so each image's other view is always a positive) and pushes apart the rest.
+Stage 2, `FrozenEncoderClassifier`: a new classifier head on the pretrained encoder, trained with
+cross-entropy, either on frozen features (`mlp`, `linear`) or end to end (`finetune`).
+
+`SupConViews` is the batch augmentation that produces the two views on the training device.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from pytorch_metric_learning.losses import SupConLoss
+from pytorch_metric_learning.utils.distributed import DistributedLossWrapper
+from torch import nn
+
+from robustlab.data.color import adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, to_grayscale
+from robustlab.errors import require
+from robustlab.models.base import Classifier
+from robustlab.strategies.base import StepOutput, Strategy
+
+# ----------------------------------------------------------------------------------------------
+# Two-view augmentation
+# ----------------------------------------------------------------------------------------------
+
+
+class SupConViews:
+    """Batch augmentation for SupCon: uint8 (N, 3, H, W) -> normalized float (N, 2, 3, size, size).
+
+    Each view of each sample gets its own random resized crop (area fraction in `scale`, aspect
+    ratio in `ratio`), horizontal flip, colour jitter (applied with probability `jitter_p`;
+    brightness, contrast, saturation factors in [1-j, 1+j], hue shift in [-j, j]) and grayscale
+    (probability `grayscale_p`), as in SimCLR/SupCon. Everything runs batched on the images'
+    device, and every random number comes from `generator`, so a seed reproduces the batch.
+
+    Differences from torchvision's RandomResizedCrop + ColorJitter: a crop whose side would exceed
+    the image is clipped to it (instead of re-drawing), and the jitter operations always run in the
+    order brightness, contrast, saturation, hue (instead of a random order).
+    """
+
+    def __init__(
+        self,
+        mean,
+        std,
+        size: int = 32,
+        scale: tuple[float, float] = (0.2, 1.0),
+        flip: float = 0.5,
+        jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1),
+        jitter_p: float = 0.8,
+        grayscale_p: float = 0.2,
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    ):
+        require(len(mean) == 3 and len(std) == 3, "mean and std need one value per RGB channel")
+        require(all(s > 0 for s in std), f"std must be positive, got {tuple(std)}")
+        require(size >= 1, f"crop size must be >= 1, got {size}")
+        require(0 < scale[0] <= scale[1] <= 1, f"scale must satisfy 0 < min <= max <= 1, got {tuple(scale)}")
+        require(0 < ratio[0] <= ratio[1], f"ratio must satisfy 0 < min <= max, got {tuple(ratio)}")
+        require(len(jitter) == 4 and all(j >= 0 for j in jitter), "jitter must be 4 non-negative numbers (brightness, contrast, saturation, hue)")
+        require(jitter[3] <= 0.5, f"hue jitter must be <= 0.5, got {jitter[3]}")
+        for name, p in (("flip", flip), ("jitter_p", jitter_p), ("grayscale_p", grayscale_p)):
+            require(0 <= p <= 1, f"{name} is a probability, got {p}")
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.size = size
+        self.scale, self.ratio = tuple(scale), tuple(ratio)
+        self.flip, self.jitter, self.jitter_p, self.grayscale_p = flip, tuple(jitter), jitter_p, grayscale_p
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        require(
+            images.dtype == torch.uint8 and images.dim() == 4 and images.shape[1] == 3,
+            f"SupConViews expects a uint8 batch of shape (N, 3, H, W), got {images.dtype} {tuple(images.shape)}",
+        )
+        n = images.shape[0]
+        # Sample-major: rows 2i and 2i+1 are the two views of sample i.
+        x = images.float().div_(255).repeat_interleave(2, dim=0)
+        x = self._crop_and_flip(x, generator)
+        x = self._colour_jitter(x, generator)
+        x = self._grayscale(x, generator)
+        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        return x.view(n, 2, 3, self.size, self.size)
+
+    # Random numbers are drawn on the generator's device (it may differ from the images'), then moved.
+    def _uniform(self, n: int, lo: float, hi: float, gen: torch.Generator, device) -> torch.Tensor:
+        return (torch.rand(n, generator=gen, device=gen.device) * (hi - lo) + lo).to(device)
+
+    def _coin(self, n: int, p: float, gen: torch.Generator, device) -> torch.Tensor:
+        return self._uniform(n, 0.0, 1.0, gen, device) < p
+
+    def _crop_and_flip(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        b, _, h, w = x.shape
+        area = self._uniform(b, *self.scale, gen, x.device)
+        aspect = self._uniform(b, math.log(self.ratio[0]), math.log(self.ratio[1]), gen, x.device).exp()
+        # Box sides as fractions of the image sides (a box of `area` * H * W pixels).
+        bw = (area * aspect * h / w).sqrt().clamp(max=1.0)
+        bh = (area / aspect * w / h).sqrt().clamp(max=1.0)
+        # Box centres in grid_sample's [-1, 1] coordinates, chosen so the box stays inside.
+        cx = self._uniform(b, -1.0, 1.0, gen, x.device) * (1 - bw)
+        cy = self._uniform(b, -1.0, 1.0, gen, x.device) * (1 - bh)
+        mirror = torch.where(self._coin(b, self.flip, gen, x.device), -1.0, 1.0)
+        zero = torch.zeros_like(bw)
+        theta = torch.stack([torch.stack([bw * mirror, zero, cx], 1), torch.stack([zero, bh, cy], 1)], 1)
+        grid = F.affine_grid(theta, [b, 3, self.size, self.size], align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    def _colour_jitter(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        b = x.shape[0]
+        apply = self._coin(b, self.jitter_p, gen, x.device)
+        bri, con, sat, hue = self.jitter
+
+        def factors(j: float) -> torch.Tensor:
+            f = self._uniform(b, max(0.0, 1 - j), 1 + j, gen, x.device)
+            return torch.where(apply, f, torch.ones_like(f))  # factor 1 leaves an image unchanged
+
+        x = adjust_brightness(x, factors(bri))
+        x = adjust_contrast(x, factors(con))
+        x = adjust_saturation(x, factors(sat))
+        if hue > 0:
+            shift = self._uniform(b, -hue, hue, gen, x.device)
+            x = adjust_hue(x, torch.where(apply, shift, torch.zeros_like(shift)))
+        return x
+
+    def _grayscale(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        gray = self._coin(x.shape[0], self.grayscale_p, gen, x.device).view(-1, 1, 1, 1)
+        return torch.where(gray, to_grayscale(x).expand_as(x), x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 1: contrastive pretraining
+# ----------------------------------------------------------------------------------------------
+
+
+class ProjectionHead(nn.Module):
+    """Linear-ReLU-Linear MLP onto the unit sphere, where the contrastive loss is computed."""
+
+    def __init__(self, in_dim: int, hidden: int | None = None, out_dim: int = 128):
+        super().__init__()
+        hidden = hidden or in_dim
+        require(in_dim >= 1 and hidden >= 1 and out_dim >= 1, f"projection sizes must be >= 1, got {in_dim}, {hidden}, {out_dim}")
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.net(features), dim=1)
+
+
+class SupConPretrain(Strategy):
+    """Stage 1: train `model`'s encoder with the supervised contrastive loss.
+
+    Expects batches from `SupConViews`: x of shape (N, V, C, H, W) with V >= 2 views. The views are
+    flattened sample-major to (N*V, C, H, W) and the labels repeated to match, so all views of an
+    image (and all images of its class) are positives of each other.
+
+    The loss is pytorch-metric-learning's SupConLoss (eq. 2 of Khosla et al., L_out), averaged over
+    anchors rather than summed. `distributed=True` wraps it in DistributedLossWrapper so that
+    negatives and positives are gathered from all ranks.
+
+    `predict` returns `model`'s own classifier logits; its head is not trained in this stage, so
+    accuracies measured during pretraining are meaningless. Use FrozenEncoderClassifier afterwards.
+    """
+
+    def __init__(self, model: nn.Module, temperature: float = 0.1, proj_dim: int = 128, distributed: bool = False):
+        super().__init__()
+        require(temperature > 0, f"SupCon temperature must be > 0, got {temperature}")
+        require(hasattr(model, "forward_features") and hasattr(model, "num_features"), "SupConPretrain needs a model with forward_features and num_features")
+        self.model = model
+        self.head = ProjectionHead(model.num_features, out_dim=proj_dim)
+        self.temperature = temperature
+        loss = SupConLoss(temperature=temperature)
+        self.loss_fn = DistributedLossWrapper(loss) if distributed else loss
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(N, V, C, H, W) views -> ((N*V, proj_dim) unit embeddings, V), sample-major."""
+        require(
+            x.dim() == 5 and x.shape[1] >= 2,
+            f"SupConPretrain expects views of shape (N, V>=2, C, H, W) from SupConViews, got {tuple(x.shape)}",
+        )
+        views = x.shape[1]
+        z = self.head(self.model.forward_features(x.flatten(0, 1)))
+        return z, views
+
+    def train_step(self, x, y, idx, epoch) -> StepOutput:
+        z, views = self.embed(x)
+        labels = y.repeat_interleave(views)
+        # float32 for the exp/log-sum-exp at temperature ~0.1, even under autocast
+        return StepOutput(self.loss_fn(z.float(), labels))
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 2: classifier on the pretrained encoder
+# ----------------------------------------------------------------------------------------------
+
+HEADS = ("mlp", "linear", "finetune")
+
+
+class EncoderWithHead(Classifier):
+    """An encoder's features followed by a new head; with `frozen` the encoder is fixed.
+
+    A frozen encoder runs under no_grad and stays in eval mode (BatchNorm keeps its pretrained
+    statistics) even when the module is put in train mode.
+    """
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, frozen: bool):
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.frozen = frozen
+        self.num_features = encoder.num_features
+        if frozen:
+            encoder.requires_grad_(False)
+            encoder.eval()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.frozen:
+            with torch.no_grad():
+                return self.encoder.forward_features(x)
+        return self.encoder.forward_features(x)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()
+        return self
+
+
+class FrozenEncoderClassifier(Strategy):
+    """Stage 2: cross-entropy training of a new head on a (usually SupCon-pretrained) encoder.
+
+    head="mlp":      Linear-ReLU-Linear head (width `hidden`) on frozen features
+    head="linear":   linear probe on frozen features
+    head="finetune": linear head, and the whole encoder is trained too
+
+    `self.model` maps images to logits (and keeps forward_features), so evaluation, TTA and
+    feature extraction treat it like any other classifier.
+    """
+
+    def __init__(self, encoder_model: nn.Module, num_classes: int, head: str = "mlp", hidden: int = 256):
+        super().__init__()
+        require(head in HEADS, f"unknown classifier head {head!r}; choose one of {', '.join(HEADS)}")
+        require(num_classes >= 2, f"num_classes must be >= 2, got {num_classes}")
+        require(hidden >= 1, f"hidden width must be >= 1, got {hidden}")
+        require(hasattr(encoder_model, "forward_features") and hasattr(encoder_model, "num_features"), "FrozenEncoderClassifier needs a model with forward_features and num_features")
+        d = encoder_model.num_features
+        if head == "mlp":
+            new_head = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
+        else:
+            new_head = nn.Linear(d, num_classes)
+        old_head = getattr(encoder_model, "head", None)
+        if isinstance(old_head, nn.Module):
+            # The encoder's own classifier is bypassed; freezing it keeps it out of the optimizer.
+            old_head.requires_grad_(False)
+        self.head_kind = head
+        self.model = EncoderWithHead(encoder_model, new_head, frozen=head != "finetune")
+
+    def train_step(self, x, y, idx, epoch) -> StepOutput:
+        logits = self.model(x)
+        return StepOutput(F.cross_entropy(logits, y), logits)

@@ -1,0 +1,167 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from robustlab.calibration import (
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    negative_log_likelihood,
+    plot_reliability_diagram,
+    reliability_bins,
+)
+from robustlab.errors import UsageError
+
+
+def top_class_probs(confidences, num_classes: int = 4) -> torch.Tensor:
+    """Rows whose class 0 has probability `conf`, the rest shared equally."""
+    conf = torch.as_tensor(confidences, dtype=torch.float64)[:, None]
+    rest = (1 - conf) / (num_classes - 1)
+    return torch.cat([conf, rest.expand(-1, num_classes - 1)], dim=1)
+
+
+@pytest.fixture(scope="module")
+def calibrated_logits():
+    """Logits with labels drawn from their own softmax: calibrated by construction."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(20_000, 10, generator=g, dtype=torch.float64) * 1.5
+    labels = torch.multinomial(logits.softmax(dim=1), 1, generator=g).squeeze(1)
+    return logits, labels
+
+
+# ---------------------------------------------------------------------------------------------
+# ECE and bins
+
+
+def test_ece_by_hand():
+    # bin (0.8667, 0.9333]: 4 samples at confidence 0.9, 2 correct -> |0.5 - 0.9| = 0.4
+    # bin (0.6, 0.6667]:    2 samples at confidence 0.65, both correct -> |1 - 0.65| = 0.35
+    probs = top_class_probs([0.9, 0.9, 0.9, 0.9, 0.65, 0.65])
+    labels = torch.tensor([0, 0, 1, 2, 0, 0])
+    expected = 4 / 6 * 0.4 + 2 / 6 * 0.35
+    assert expected_calibration_error(probs, labels) == pytest.approx(expected, abs=1e-12)
+
+    bins = reliability_bins(probs, labels)
+    assert bins.counts.tolist() == [0] * 9 + [2, 0, 0, 0, 4, 0]
+    assert bins.confidence[13] == pytest.approx(0.9) and bins.accuracy[13] == 0.5
+    assert bins.confidence[9] == pytest.approx(0.65) and bins.accuracy[9] == 1.0
+    assert np.allclose(bins.edges, np.linspace(0, 1, 16))
+
+
+def test_ece_of_a_single_bin_is_the_accuracy_gap():
+    probs = top_class_probs([0.9] * 4)
+    assert expected_calibration_error(probs, [0, 0, 1, 2], n_bins=1) == pytest.approx(0.4)
+    assert expected_calibration_error(probs, [0, 0, 0, 0], n_bins=1) == pytest.approx(0.1)
+
+
+def test_bins_are_closed_on_the_right():
+    # 0.5 belongs to (0.4, 0.5], the fifth of ten bins; 1.0 to the last
+    bins = reliability_bins(top_class_probs([0.5, 1.0], num_classes=2), [0, 0], n_bins=10)
+    assert bins.counts.tolist() == [0, 0, 0, 0, 1, 0, 0, 0, 0, 1]
+
+
+def test_perfectly_calibrated_predictions_have_near_zero_ece():
+    g = torch.Generator().manual_seed(1)
+    n = 200_000
+    conf = 0.25 + 0.75 * torch.rand(n, generator=g, dtype=torch.float64)
+    correct = torch.rand(n, generator=g, dtype=torch.float64) < conf  # Bernoulli(confidence)
+    wrong_class = torch.randint(1, 4, (n,), generator=g)
+    labels = torch.where(correct, torch.zeros_like(wrong_class), wrong_class)
+    assert expected_calibration_error(top_class_probs(conf), labels) < 0.01
+
+
+def test_logits_and_probabilities_give_the_same_ece(calibrated_logits):
+    logits, labels = calibrated_logits
+    assert expected_calibration_error(logits, labels, from_logits=True) == pytest.approx(
+        expected_calibration_error(logits.softmax(dim=1), labels), abs=1e-12
+    )
+
+
+def test_float32_softmax_probabilities_are_accepted(calibrated_logits):
+    logits, labels = calibrated_logits
+    probs32 = logits.float().softmax(dim=1)
+    assert expected_calibration_error(probs32, labels.numpy()) == pytest.approx(
+        expected_calibration_error(logits, labels, from_logits=True), abs=1e-5
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# NLL and temperature scaling
+
+
+def test_nll_by_hand():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    labels = torch.tensor([0, 1])
+    expected = (-math.log(math.exp(2) / (math.exp(2) + 1)) + math.log(2)) / 2
+    assert negative_log_likelihood(logits, labels) == pytest.approx(expected)
+
+
+def test_apply_temperature_divides_logits():
+    logits = torch.tensor([[3.0, -1.5]])
+    assert torch.equal(apply_temperature(logits, 1.5), torch.tensor([[2.0, -1.0]]))
+
+
+def test_temperature_scaling_recovers_overconfidence(calibrated_logits):
+    logits, labels = calibrated_logits
+    overconfident = 3 * logits
+    temperature = fit_temperature(overconfident, labels)
+    assert temperature == pytest.approx(3.0, rel=0.04)
+
+    scaled = apply_temperature(overconfident, temperature)
+    assert negative_log_likelihood(scaled, labels) < negative_log_likelihood(overconfident, labels) - 0.5
+    ece_before = expected_calibration_error(overconfident, labels, from_logits=True)
+    ece_after = expected_calibration_error(scaled, labels, from_logits=True)
+    assert ece_before > 0.25 and ece_after < 0.015
+    # the fitted T is (near) the NLL minimum: nudging it either way does not help
+    nll = negative_log_likelihood(scaled, labels)
+    assert nll <= negative_log_likelihood(overconfident / (temperature * 1.05), labels)
+    assert nll <= negative_log_likelihood(overconfident / (temperature / 1.05), labels)
+
+
+def test_temperature_of_calibrated_logits_is_one(calibrated_logits):
+    logits, labels = calibrated_logits
+    assert fit_temperature(logits, labels) == pytest.approx(1.0, abs=0.04)
+
+
+# ---------------------------------------------------------------------------------------------
+# reliability diagram
+
+
+def test_reliability_diagram_is_a_png(tmp_path, calibrated_logits):
+    logits, labels = calibrated_logits
+    path = plot_reliability_diagram(3 * logits, labels, tmp_path / "plots" / "reliability.png",
+                                    title="over-confident", from_logits=True)
+    data = path.read_bytes()
+    assert path.exists() and len(data) > 1000
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+
+
+@pytest.mark.parametrize(
+    "probs, labels, kwargs, match",
+    [
+        (torch.tensor([[2.0, -1.0]]), [0], {}, "from_logits=True"),
+        (torch.tensor([[0.5, 0.4]]), [0], {}, "sum to 1"),
+        (torch.tensor([0.5, 0.5]), [0], {}, "shape"),
+        (torch.tensor([[0.5, 0.5]]), [0, 1], {}, "labels must have shape"),
+        (torch.tensor([[0.5, 0.5]]), [2], {}, r"\[0, 2\)"),
+        (torch.tensor([[0.5, 0.5]]), [0.0], {}, "integers"),
+        (torch.tensor([[0.5, 0.5]]), [0], {"n_bins": 0}, "n_bins"),
+        (torch.tensor([[float("nan"), 0.5]]), [0], {}, "NaN"),
+    ],
+)
+def test_bad_input_raises_usage_error(probs, labels, kwargs, match):
+    with pytest.raises(UsageError, match=match):
+        expected_calibration_error(probs, labels, **kwargs)
+
+
+def test_bad_temperature_and_path_raise_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="temperature"):
+        apply_temperature(torch.zeros(1, 2), 0.0)
+    with pytest.raises(UsageError, match=".png"):
+        plot_reliability_diagram(torch.tensor([[0.5, 0.5]]), [0], tmp_path / "plot.pdf")

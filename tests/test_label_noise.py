@@ -1,0 +1,247 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from robustlab.corruptions import (
+    CIFAR100_FINE_TO_COARSE,
+    NOISE_TYPES,
+    asymmetric_class_map,
+    corrupt_labels,
+    noise_report,
+    transition_matrix,
+)
+from robustlab.errors import UsageError
+
+N = 50_000
+BALANCED_10 = np.arange(N) % 10
+BALANCED_100 = np.arange(N) % 100
+TOLERANCE = 0.015  # realized rates must be within 1.5 points of expectation
+
+
+def realized(clean, noisy) -> float:
+    return float(np.mean(np.asarray(clean) != np.asarray(noisy)))
+
+
+# ---------------------------------------------------------------------------------------------
+# realized rates
+
+
+@pytest.mark.parametrize(
+    "noise, classes, rate, expected",
+    [
+        ("symmetric", 10, 0.4, 0.4),
+        ("symmetric", 10, 0.8, 0.8),
+        ("uniform", 10, 0.5, 0.5 * 9 / 10),
+        ("uniform", 10, 0.8, 0.8 * 9 / 10),
+        ("pair", 10, 0.45, 0.45),
+        ("asymmetric", 10, 0.4, 0.4 * 5 / 10),  # 5 of the 10 CIFAR-10 classes have a partner
+        ("asymmetric", 100, 0.4, 0.4),  # every CIFAR-100 class moves within its superclass
+    ],
+)
+def test_realized_rate_matches_expectation(noise, classes, rate, expected):
+    clean = BALANCED_10 if classes == 10 else BALANCED_100
+    noisy = corrupt_labels(clean, classes, noise=noise, rate=rate, seed=1)
+    assert abs(realized(clean, noisy) - expected) < TOLERANCE
+    # the expected transition matrix predicts the same rate on balanced classes
+    t = transition_matrix(noise, classes, rate)
+    assert np.isclose(1 - np.trace(t) / classes, expected)
+
+
+def test_uniform_replaces_exactly_the_requested_fraction():
+    # with 10 classes, 1/10 of the redrawn labels land on their own class again
+    clean = BALANCED_10
+    noisy = corrupt_labels(clean, 10, noise="uniform", rate=0.5, seed=3)
+    changed = realized(clean, noisy)
+    assert 0.45 - TOLERANCE < changed < 0.45 + TOLERANCE
+    assert changed < 0.5  # never more than the replaced fraction
+
+
+# ---------------------------------------------------------------------------------------------
+# where the flips go
+
+
+def test_symmetric_flips_never_stay_and_spread_uniformly():
+    clean = BALANCED_10
+    noisy = corrupt_labels(clean, 10, noise="symmetric", rate=0.6, seed=0)
+    report = noise_report(clean, noisy, 10)
+    t = report.transition
+    # every off-diagonal entry ~ 0.6 / 9 = 0.0667, the diagonal ~ 0.4
+    off = t[~np.eye(10, dtype=bool)]
+    assert np.all(np.abs(off - 0.6 / 9) < 0.012)
+    assert np.all(np.abs(np.diag(t) - 0.4) < 0.03)
+    # flips that could land on the true class would leave only 0.6 * 9/10 = 0.54 changed
+    assert abs(report.realized_rate - 0.6) < TOLERANCE
+    assert np.allclose(t, transition_matrix("symmetric", 10, 0.6), atol=0.03)
+
+
+def test_pair_maps_to_next_class_only():
+    clean = BALANCED_10
+    noisy = corrupt_labels(clean, 10, noise="pair", rate=0.3, seed=0)
+    changed = noisy != clean
+    assert changed.any()
+    assert np.array_equal(noisy[changed], (clean[changed] + 1) % 10)
+
+
+def test_asymmetric_cifar10_map_is_the_standard_one():
+    expected = np.array([0, 1, 0, 5, 7, 3, 6, 7, 8, 1])  # truck->automobile, bird->airplane, deer->horse, cat<->dog
+    assert np.array_equal(asymmetric_class_map(10), expected)
+    clean = BALANCED_10
+    noisy = corrupt_labels(clean, 10, noise="asymmetric", rate=0.4, seed=0)
+    changed = noisy != clean
+    assert np.array_equal(noisy[changed], expected[clean[changed]])
+    assert set(np.unique(clean[changed])) == {2, 3, 4, 5, 9}
+    for c in (2, 3, 4, 5, 9):
+        assert abs(np.mean(noisy[clean == c] != c) - 0.4) < 0.03
+
+
+def test_cifar100_table_has_20_superclasses_of_5():
+    table = np.asarray(CIFAR100_FINE_TO_COARSE)
+    assert table.shape == (100,)
+    assert np.array_equal(np.bincount(table), np.full(20, 5))
+    # spot checks by name: apple/mushroom/orange/pear/sweet_pepper are fruit_and_vegetables (4),
+    # beaver/dolphin/otter/seal/whale are aquatic_mammals (0)
+    assert table[[0, 51, 53, 57, 83]].tolist() == [4] * 5
+    assert table[[4, 30, 55, 72, 95]].tolist() == [0] * 5
+
+
+def test_asymmetric_cifar100_moves_within_superclass_circularly():
+    target = asymmetric_class_map(100)
+    # aquatic mammals (fine 4, 30, 55, 72, 95) form the cycle 4->30->55->72->95->4
+    assert [target[i] for i in (4, 30, 55, 72, 95)] == [30, 55, 72, 95, 4]
+    table = np.asarray(CIFAR100_FINE_TO_COARSE)
+    assert np.array_equal(table[target], table)
+    assert np.all(target != np.arange(100))
+
+    clean = BALANCED_100
+    noisy = corrupt_labels(clean, 100, noise="asymmetric", rate=0.4, seed=0)
+    changed = noisy != clean
+    assert np.array_equal(noisy[changed], target[clean[changed]])
+
+
+def test_asymmetric_with_given_coarse_labels():
+    # 6 classes in superclasses {0, 2, 4} and {1, 3}; class 5 alone never flips
+    table = [0, 1, 0, 1, 0, 2]
+    assert asymmetric_class_map(6, table).tolist() == [2, 3, 4, 1, 0, 5]
+    clean = np.arange(6000) % 6
+    per_sample = np.asarray(table)[clean]
+    from_table = corrupt_labels(clean, 6, noise="asymmetric", rate=0.5, seed=2, coarse_labels=table)
+    from_samples = corrupt_labels(clean, 6, noise="asymmetric", rate=0.5, seed=2, coarse_labels=per_sample)
+    assert np.array_equal(from_table, from_samples)
+    changed = from_table != clean
+    assert np.array_equal(from_table[changed], np.array([2, 3, 4, 1, 0, 5])[clean[changed]])
+    assert not changed[clean == 5].any()
+    t = transition_matrix("asymmetric", 6, 0.5, coarse_labels=table)
+    assert t[0, 2] == 0.5 and t[0, 0] == 0.5 and t[5, 5] == 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# expected transition matrices
+
+
+def test_transition_matrices_by_hand():
+    assert np.allclose(transition_matrix("symmetric", 3, 0.3), [[0.7, 0.15, 0.15], [0.15, 0.7, 0.15], [0.15, 0.15, 0.7]])
+    assert np.allclose(transition_matrix("uniform", 3, 0.3), [[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
+    assert np.allclose(transition_matrix("pair", 3, 0.3), [[0.7, 0.3, 0.0], [0.0, 0.7, 0.3], [0.3, 0.0, 0.7]])
+    for noise in NOISE_TYPES:
+        assert np.allclose(transition_matrix(noise, 10, 0.25).sum(axis=1), 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# determinism, containers, identity
+
+
+@pytest.mark.parametrize("noise", NOISE_TYPES)
+def test_same_seed_same_labels_different_seed_different(noise):
+    clean = BALANCED_10[:5000]
+    a = corrupt_labels(clean, 10, noise=noise, rate=0.3, seed=7)
+    b = corrupt_labels(clean, 10, noise=noise, rate=0.3, seed=7)
+    c = corrupt_labels(clean, 10, noise=noise, rate=0.3, seed=8)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_container_type_shape_and_dtype_are_kept():
+    clean_np = (np.arange(24) % 10).reshape(4, 6).astype(np.int32)
+    out_np = corrupt_labels(clean_np, 10, rate=0.5)
+    assert isinstance(out_np, np.ndarray) and out_np.shape == (4, 6) and out_np.dtype == np.int64
+
+    clean_t = torch.arange(24).reshape(4, 6) % 10
+    out_t = corrupt_labels(clean_t, 10, rate=0.5)
+    assert isinstance(out_t, torch.Tensor) and out_t.shape == (4, 6) and out_t.dtype == torch.int64
+    # same seed, same result whatever the container
+    assert np.array_equal(out_t.numpy(), out_np)
+
+    out_list = corrupt_labels(clean_np.reshape(-1).tolist(), 10, rate=0.5)
+    assert isinstance(out_list, list) and out_list == out_np.reshape(-1).tolist()
+
+
+@pytest.mark.parametrize("noise", NOISE_TYPES)
+def test_rate_zero_is_identity(noise):
+    clean = BALANCED_10[:1000]
+    assert np.array_equal(corrupt_labels(clean, 10, noise=noise, rate=0.0), clean)
+
+
+def test_input_is_not_modified():
+    clean = torch.arange(100) % 10
+    before = clean.clone()
+    corrupt_labels(clean, 10, rate=0.9)
+    assert torch.equal(clean, before)
+
+
+# ---------------------------------------------------------------------------------------------
+# noise report
+
+
+def test_noise_report_by_hand():
+    clean = [0, 0, 0, 0, 1, 1, 2, 2]
+    noisy = [0, 0, 1, 2, 1, 0, 2, 2]
+    report = noise_report(clean, noisy, 3)
+    assert report.realized_rate == pytest.approx(3 / 8)
+    expected = np.array([[0.5, 0.25, 0.25], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    assert np.allclose(report.transition, expected)
+    d = json.loads(json.dumps(report.to_dict()))
+    assert d["realized_rate"] == pytest.approx(0.375)
+    assert np.allclose(d["transition"], expected)
+
+
+def test_noise_report_absent_class_has_zero_row():
+    report = noise_report(np.array([0, 1]), np.array([1, 1]), 3)
+    assert np.allclose(report.transition, [[0, 1, 0], [0, 1, 0], [0, 0, 0]])
+    assert report.realized_rate == 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(rate=1.0), "rate"),
+        (dict(rate=-0.1), "rate"),
+        (dict(noise="gaussian"), "symmetric, uniform, pair, asymmetric"),
+        (dict(num_classes=1), "num_classes"),
+        (dict(labels=[0, 1, 10]), r"\[0, 10\)"),
+        (dict(labels=[-1, 0]), r"\[0, 10\)"),
+        (dict(labels=[0.5, 1.0]), "integers"),
+        (dict(num_classes=7, noise="asymmetric"), "coarse_labels"),
+        (dict(noise="asymmetric", coarse_labels=[0, 1, 2]), "coarse_labels"),
+        (dict(labels=[0, 0, 1], noise="asymmetric", coarse_labels=[0, 1, 1]), "two superclasses"),
+    ],
+)
+def test_bad_input_raises_usage_error(kwargs, match):
+    args = dict(labels=[0, 1, 2, 3], num_classes=10, noise="symmetric", rate=0.3)
+    args.update(kwargs)
+    labels = args.pop("labels")
+    num_classes = args.pop("num_classes")
+    with pytest.raises(UsageError, match=match):
+        corrupt_labels(labels, num_classes, **args)
+
+
+def test_noise_report_errors():
+    with pytest.raises(UsageError, match="length"):
+        noise_report([0, 1], [0], 2)
+    with pytest.raises(UsageError, match=r"\[0, 2\)"):
+        noise_report([0, 2], [0, 1], 2)
