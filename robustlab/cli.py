@@ -76,6 +76,8 @@ def add_context_args(p: argparse.ArgumentParser, default_out: str) -> None:
     g.add_argument("--out", default=default_out, help=f"results directory (default {default_out})")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    g.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms only (slower on GPU; errors on ops without one)")
 
 
 def add_data_args(p: argparse.ArgumentParser, dataset: str = "cifar10") -> None:
@@ -160,4 +162,16 @@ def context_from_args(args, resume: bool = False) -> Context:
         raise UsageError(f"output directory {out} is not writable ({exc.strerror or exc})") from None
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         raise UsageError(f"data directory {args.data_dir} does not exist")
+    if args.deterministic:
+        enable_determinism()
     return Context(data_dir=args.data_dir, cache_dir=args.cache_dir, device=args.device, quiet=args.quiet, resume=resume)
+
+
+def enable_determinism() -> None:
+    """Deterministic kernels everywhere (seeds are set per run from the config)."""
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True

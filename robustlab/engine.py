@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from robustlab import distributed
 from robustlab.checkpoint import load_checkpoint, save_checkpoint
 from robustlab.errors import UsageError, require
 from robustlab.evaluate import TTA_MODES, classification_metrics, collect_logits, l2_term
@@ -78,6 +79,10 @@ def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, tes
         for module in strategy.children():
             module.compile()
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and cfg.amp else None
+    info = distributed.current()
+    train_module = distributed.wrap_for_training(strategy, device) if info.enabled else strategy
+    if not info.is_main:  # only rank 0 writes checkpoints and logs
+        run_dir, quiet = None, True
     params = [p for p in strategy.parameters() if p.requires_grad]
     require(len(params) > 0, "the strategy has no trainable parameters")
     optimizer = build_optimizer(params, cfg.optim)
@@ -105,8 +110,8 @@ def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, tes
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-        row.update(_train_epoch(strategy, train_loader, optimizer, scheduler if per_step else None, cfg, epoch,
-                                autocast, quiet, run_dir))
+        row.update(_train_epoch(strategy, train_module, train_loader, optimizer, scheduler if per_step else None,
+                                cfg, epoch, autocast, quiet, run_dir))
         seconds = time.perf_counter() - t0
         row.update(seconds=seconds, images_per_s=row.pop("_samples") / seconds)
         elapsed += seconds
@@ -166,14 +171,16 @@ def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, tes
     return FitResult(history, metrics, best, elapsed, stopped_early)
 
 
-def _train_epoch(strategy, loader, optimizer, scheduler, cfg, epoch, autocast, quiet, run_dir) -> dict:
+def _train_epoch(strategy, train_module, loader, optimizer, scheduler, cfg, epoch, autocast, quiet, run_dir) -> dict:
+    """One epoch; `train_module` is the strategy itself or its DDP wrapper (forward = train_step)."""
     strategy.train()
     strategy.on_epoch_start(epoch, cfg.epochs)
     loader.set_epoch(epoch)
     device = loader.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
-    seen, counted = 0, 0
+    seen = torch.zeros((), device=device)
+    counted = torch.zeros((), device=device)
     bad_step = torch.full((), -1, device=device, dtype=torch.long)
     bar = None
     if not quiet:
@@ -183,7 +190,7 @@ def _train_epoch(strategy, loader, optimizer, scheduler, cfg, epoch, autocast, q
         if x.device.type == "cuda" and cfg.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast() if autocast else contextlib.nullcontext():
-            out = strategy.train_step(x, y, idx, epoch)
+            out = train_module(x, y, idx, epoch)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         if cfg.grad_clip:
@@ -209,8 +216,9 @@ def _train_epoch(strategy, loader, optimizer, scheduler, cfg, epoch, autocast, q
             bar.update()
     if bar is not None:
         bar.close()
-    row = {"train_loss": (loss_sum / max(seen, 1)).item(), "_samples": seen}
-    if counted:
+    distributed.all_reduce_sum(loss_sum, correct, seen, counted)
+    row = {"train_loss": (loss_sum / seen.clamp(min=1)).item(), "_samples": int(seen)}
+    if counted > 0:
         row["train_acc"] = (correct / counted).item()
     return row
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
+from robustlab import distributed
 from robustlab.cli import (Parser, add_context_args, add_data_args, add_train_args, apply_data_args,
                            apply_train_args, context_from_args, unit_rate)
 from robustlab.errors import UsageError, cli_entry
@@ -53,8 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     apply_train_args(args, cfg.train, cfg.augment)
     if args.strategy == "coteach" and args.noise_rate == 0:
         raise UsageError("--strategy coteach needs label noise (--noise-rate > 0)")
+    info = distributed.init_from_env(args.device)
     ctx = context_from_args(args, resume=args.resume)
     record = run_experiment(cfg, args.out, ctx)
+    if not info.is_main:
+        return 0
     m = record["metrics"]
     keys = [k for k in ("test_acc", "test_loss", "test_cost", "test_acc_tta", "test_ece", "test_acc_best", "train_seconds") if k in m]
     print(" ".join(f"{k}={m[k]:.4f}" for k in keys))

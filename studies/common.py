@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from robustlab import distributed
 from robustlab.cli import Parser, add_context_args, add_data_args, add_train_args, int_list
 from robustlab.errors import UsageError
 from robustlab.experiment import Context, ExperimentConfig, run_experiment
@@ -74,6 +75,7 @@ def run_grid(configs: list[ExperimentConfig], args, ctx: Context,
     if len(set(ids)) != len(ids):
         raise UsageError("the study grid contains duplicate runs")
     if not args.collect:
+        distributed.init_from_env(args.device)
         mine = select_shard(configs, args.shard)
         for k, cfg in enumerate(mine, 1):
             if find_record(args.out, cfg.run_id) is None:
@@ -90,7 +92,8 @@ def run_grid(configs: list[ExperimentConfig], args, ctx: Context,
 
 
 def should_tabulate(args) -> bool:
-    return args.shard is None
+    """Tables and figures come from an unsharded invocation, and from rank 0 only under torchrun."""
+    return args.shard is None and distributed.current().is_main
 
 
 # ---- tables ----------------------------------------------------------------------------------

@@ -24,12 +24,17 @@ class Strategy(nn.Module):
     """Subclasses implement `train_step`; `predict` defaults to the main network's logits."""
 
     model: nn.Module
+    unused_parameters = False  # True when a step leaves some trainable parameters without gradient (DDP needs to know)
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         """Called before each training epoch (0-based); reset per-epoch state here."""
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, epoch: int) -> StepOutput:
         raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, epoch: int) -> StepOutput:
+        """A training step, so that DistributedDataParallel can wrap the whole strategy."""
+        return self.train_step(x, y, idx, epoch)
 
     def epoch_metrics(self) -> dict[str, float]:
         """Extra per-epoch numbers for the history (e.g. Co-Teaching's label precision)."""

@@ -19,7 +19,7 @@ from pytorch_metric_learning.utils.distributed import DistributedLossWrapper
 from torch import nn
 
 from robustlab.data.color import adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, to_grayscale
-from robustlab.errors import require
+from robustlab.errors import UsageError, require
 from robustlab.models.base import Classifier
 from robustlab.strategies.base import StepOutput, Strategy
 
@@ -159,8 +159,11 @@ class SupConPretrain(Strategy):
 
     `predict` returns `model`'s own classifier logits; its head is not trained in this stage, so
     accuracies measured during pretraining are meaningless. Use FrozenEncoderClassifier afterwards.
+    `classifies = False` tells `run_experiment` not to evaluate classification during this stage.
     """
 
+    classifies = False
+    unused_parameters = True  # the encoder's classifier head is not used while pretraining
     def __init__(self, model: nn.Module, temperature: float = 0.1, proj_dim: int = 128, distributed: bool = False):
         super().__init__()
         require(temperature > 0, f"SupCon temperature must be > 0, got {temperature}")
@@ -257,3 +260,27 @@ class FrozenEncoderClassifier(Strategy):
     def train_step(self, x, y, idx, epoch) -> StepOutput:
         logits = self.model(x)
         return StepOutput(F.cross_entropy(logits, y), logits)
+
+
+# Where a checkpointed strategy keeps the network whose features are used: `model` for every
+# strategy, except FrozenEncoderClassifier, whose `model` wraps it as `model.encoder`.
+_NETWORK_PREFIXES = ("model.", "model.encoder.")
+
+
+def load_encoder_weights(network: nn.Module, strategy_state: dict, source: str = "checkpoint") -> str:
+    """Load a strategy checkpoint's main network (`model.*` or `model.encoder.*`) into `network`.
+
+    The prefix whose keys are exactly those of `network` is used (and returned); a checkpoint of
+    another architecture or class count is a UsageError naming `source`.
+    """
+    want = set(network.state_dict())
+    for prefix in _NETWORK_PREFIXES:
+        sub = {k[len(prefix):]: v for k, v in strategy_state.items() if k.startswith(prefix)}
+        if set(sub) == want:
+            try:
+                network.load_state_dict(sub)
+            except RuntimeError as exc:  # same names, other shapes (e.g. another number of classes)
+                detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), "shape mismatch")
+                raise UsageError(f"{source} does not fit this model: {detail}") from None
+            return prefix
+    raise UsageError(f"{source} does not hold weights of this model (its parameter names differ)")
