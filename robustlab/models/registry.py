@@ -33,4 +33,9 @@ def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
         raise UsageError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
     if num_classes < 1:
         raise UsageError(f"num_classes must be >= 1, got {num_classes}")
-    return _MODELS[name](num_classes=num_classes, **kwargs)
+    try:
+        return _MODELS[name](num_classes=num_classes, **kwargs)
+    except TypeError as exc:
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        raise UsageError(f"model {name!r} does not take option {str(exc).rsplit(' ', 1)[-1]}") from None
