@@ -152,6 +152,8 @@ def apply_data_args(args, data: DataConfig) -> None:
 
 
 def context_from_args(args, resume: bool = False) -> Context:
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise UsageError(f"data directory {args.data_dir} does not exist")
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -160,8 +162,6 @@ def context_from_args(args, resume: bool = False) -> Context:
         probe.unlink()
     except OSError as exc:
         raise UsageError(f"output directory {out} is not writable ({exc.strerror or exc})") from None
-    if args.data_dir is not None and not Path(args.data_dir).is_dir():
-        raise UsageError(f"data directory {args.data_dir} does not exist")
     if args.deterministic:
         enable_determinism()
     return Context(data_dir=args.data_dir, cache_dir=args.cache_dir, device=args.device, quiet=args.quiet, resume=resume)

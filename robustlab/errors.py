@@ -18,7 +18,11 @@ def cli_entry(main: Callable[..., int | None]) -> Callable[..., int]:
         try:
             code = main(*args, **kwargs)
         except UsageError as exc:
-            prog = main.__module__.removesuffix(".__main__")
+            prog = main.__module__
+            if prog == "__main__":  # run as `python -m pkg.mod`: report the module's real name
+                spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+                prog = spec.name if spec is not None else "__main__"
+            prog = prog.removesuffix(".__main__")
             print(f"{prog}: error: {exc}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:

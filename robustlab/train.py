@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     apply_train_args(args, cfg.train, cfg.augment)
     if args.strategy == "coteach" and args.noise_rate == 0:
         raise UsageError("--strategy coteach needs label noise (--noise-rate > 0)")
+    from robustlab.models import list_models
+    if args.model not in list_models():  # fail before any data is decoded
+        raise UsageError(f"unknown model {args.model!r}; known models: {', '.join(list_models())}")
     info = distributed.init_from_env(args.device)
     ctx = context_from_args(args, resume=args.resume)
     record = run_experiment(cfg, args.out, ctx)

@@ -90,35 +90,69 @@ def load_dataset(name: str, data_dir: str | Path | None = None, cache_dir: str |
         f"Pass --data-dir DIR (or set ROBUSTLAB_DATA) to a folder holding {TORCHVISION_FOLDERS[name]}/ or {name}/train and {name}/test")
 
 
+# Files of torchvision's CIFAR folders: (train files, test files, meta file, label key, class-name key).
+_PICKLE_LAYOUT = {
+    "cifar10": ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta", "labels", "label_names"),
+    "cifar100": (["train"], ["test"], "meta", "fine_labels", "fine_label_names"),
+}
+
+
 def _load_torchvision(name: str, data_dir: Path, download: bool = False) -> tuple[ImageDataset, ImageDataset]:
-    """Read torchvision's pickled CIFAR batches (torchvision verifies the files' checksums)."""
-    from torchvision import datasets
+    """Read torchvision's pickled CIFAR folder; torchvision itself is used only to download it.
 
-    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-    splits = []
-    for train in (True, False):
+    The pickles are read directly (not through torchvision's CIFAR classes), because those refuse
+    any file whose md5 differs from the original release, e.g. a small file written by a test.
+    """
+    if download:
+        import socket
+
+        from torchvision import datasets
+
+        cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+        old_timeout = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(old_timeout or 60.0)  # an unreachable network fails instead of hanging
         try:
-            ds = cls(root=str(data_dir), train=train, download=download)
-        except RuntimeError as exc:
-            if download:
-                raise
-            raise UsageError(f"{data_dir / TORCHVISION_FOLDERS[name]} is incomplete or corrupt: {exc}") from None
-        images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
-        labels = torch.as_tensor(ds.targets, dtype=torch.long)
-        coarse, coarse_classes = (None, None)
-        if name == "cifar100":
-            coarse, coarse_classes = _cifar100_coarse(data_dir, train)
-        splits.append(ImageDataset(images, labels, list(ds.classes), coarse, coarse_classes))
-    return splits[0], splits[1]
+            cls(root=str(data_dir), train=True, download=True)  # downloads, extracts and checks md5
+        finally:
+            socket.setdefaulttimeout(old_timeout)
+    return _read_cifar_pickles(name, data_dir / TORCHVISION_FOLDERS[name])
 
 
-def _cifar100_coarse(data_dir: Path, train: bool) -> tuple[torch.Tensor, list[str]]:
-    base = data_dir / TORCHVISION_FOLDERS["cifar100"]
-    with open(base / ("train" if train else "test"), "rb") as f:
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as f:
         entry = pickle.load(f, encoding="latin1")
-    with open(base / "meta", "rb") as f:
-        meta = pickle.load(f, encoding="latin1")
-    return torch.as_tensor(entry["coarse_labels"], dtype=torch.long), list(meta["coarse_label_names"])
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path.name} does not hold a dict")
+    return entry
+
+
+def _read_cifar_pickles(name: str, base: Path) -> tuple[ImageDataset, ImageDataset]:
+    train_files, test_files, meta_file, label_key, names_key = _PICKLE_LAYOUT[name]
+    try:
+        meta = _unpickle(base / meta_file)
+        classes = [str(c) for c in meta[names_key]]
+        coarse_classes = [str(c) for c in meta["coarse_label_names"]] if name == "cifar100" else None
+        splits = []
+        for files in (train_files, test_files):
+            entries = [_unpickle(base / f) for f in files]
+            data = np.concatenate([np.asarray(e["data"], dtype=np.uint8) for e in entries])
+            labels = np.concatenate([np.asarray(e[label_key], dtype=np.int64) for e in entries])
+            if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels) or len(data) == 0:
+                raise ValueError(f"expected data (N, 3072) and N labels, got data {data.shape} and {len(labels)} labels")
+            if labels.min() < 0 or labels.max() >= len(classes):
+                raise ValueError(f"labels outside [0, {len(classes)})")
+            images = torch.from_numpy(np.ascontiguousarray(data.reshape(-1, 3, 32, 32)))
+            coarse = None
+            if name == "cifar100":
+                coarse_np = np.concatenate([np.asarray(e["coarse_labels"], dtype=np.int64) for e in entries])
+                if len(coarse_np) != len(labels) or coarse_np.min() < 0 or coarse_np.max() >= len(coarse_classes):
+                    raise ValueError("coarse_labels do not match the data or the coarse class names")
+                coarse = torch.from_numpy(coarse_np)
+            splits.append(ImageDataset(images, torch.from_numpy(labels), classes, coarse, coarse_classes))
+    except (OSError, EOFError, KeyError, ValueError, TypeError, pickle.UnpicklingError) as exc:
+        detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc) or type(exc).__name__
+        raise UsageError(f"{base} is incomplete or corrupt: {detail}".splitlines()[0]) from None
+    return splits[0], splits[1]
 
 
 def _load_image_folder(root: Path, cache: "ArrayCache") -> tuple[ImageDataset, ImageDataset]:

@@ -1,0 +1,308 @@
+"""The training loop: learning on real CIFAR-10, exact resume, divergence, history and metrics,
+test-time augmentation, and run records."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import robustlab.experiment as experiment
+from robustlab.data import AugmentConfig, BatchAugment, DeviceLoader, Normalize, make_splits
+from robustlab.engine import TrainConfig, TrainingDiverged, fit
+from robustlab.errors import UsageError
+from robustlab.evaluate import tta_logits
+from robustlab.experiment import Context, DataConfig, ExperimentConfig, run_experiment
+from robustlab.models import create_model
+from robustlab.models.base import Classifier
+from robustlab.schedules import OptimConfig, warmup_cosine_factor
+from robustlab.strategies import CrossEntropy, StepOutput
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+TIMING = {"seconds", "images_per_s", "train_seconds"}
+
+
+def synthetic(n: int, seed: int, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random uint8 images whose labels are learnable (class = brightest quadrant-ish pattern)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    images = torch.randint(0, 120, (n, 3, size, size), generator=g, dtype=torch.uint8)
+    rows = (labels % 4) * (size // 4)
+    for i in range(n):  # a bright band whose position and channel depend on the class
+        images[i, labels[i] % 3, rows[i]:rows[i] + size // 4] += 120
+    return images, labels
+
+
+def loaders(n_train=256, n_test=100, batch=32, seed=0, augment=None, loader_cls=DeviceLoader, val=True):
+    x, y = synthetic(n_train + n_test + 64, seed)
+    aug = augment or BatchAugment(AugmentConfig(crop_pad=2, flip=True), MEAN, STD)
+    norm = Normalize(MEAN, STD)
+    train = loader_cls(x[:n_train], y[:n_train], batch, aug, seed=seed)
+    val_loader = DeviceLoader(x[n_train:n_train + 64], y[n_train:n_train + 64], 64, norm, shuffle=False) if val else None
+    test = DeviceLoader(x[-n_test:], y[-n_test:], 50, norm, shuffle=False)
+    return train, val_loader, test
+
+
+def sgd(epochs=2, **kwargs) -> TrainConfig:
+    optim = OptimConfig(optimizer="sgd", lr=0.05, weight_decay=5e-4, schedule="warmup_cosine", warmup_epochs=1)
+    return TrainConfig(epochs=epochs, batch_size=32, optim=optim, tta="flip", **kwargs)
+
+
+def without(d: dict, keys=TIMING) -> dict:
+    return {k: v for k, v in d.items() if k not in keys}
+
+
+# ---- learning on real data --------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_small_cnn_learns_real_cifar10(cifar10):
+    splits = make_splits(*cifar10, val_size=0, train_size=5000, test_size=2000, seed=0)
+    assert splits.test.labels.bincount().tolist() == [200] * 10
+    torch.manual_seed(0)
+    train = DeviceLoader(splits.train.images, splits.train.labels, 128,
+                         BatchAugment(AugmentConfig(crop_pad=0, flip=True), splits.mean, splits.std), seed=0)
+    test = DeviceLoader(splits.test.images, splits.test.labels, 500, Normalize(splits.mean, splits.std), shuffle=False)
+    cfg = TrainConfig(epochs=3, batch_size=128, tta="none",
+                      optim=OptimConfig(optimizer="adam", lr=2e-3, weight_decay=0.0, schedule="constant"))
+    result = fit(CrossEntropy(create_model("small_cnn", widths=(16, 32, 64))), train, cfg, test_loader=test,
+                 quiet=True, num_classes=10)
+    accs = [row["test_acc"] for row in result.history]
+    assert result.metrics["test_acc"] > 0.35, accs  # chance is 0.10
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.metrics["test_acc_best"] == max(accs)
+
+
+# ---- resume -----------------------------------------------------------------------------------
+
+class InterruptAt(DeviceLoader):
+    """A loader that stops the run (as Ctrl-C would) when epoch `stop` (0-based) begins."""
+
+    stop = 2
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch == self.stop:
+            raise KeyboardInterrupt
+        super().set_epoch(epoch)
+
+
+def new_strategy(seed: int) -> CrossEntropy:
+    torch.manual_seed(seed)
+    return CrossEntropy(create_model("tiny_cnn", dropout=0.3))  # dropout draws from the global RNG
+
+
+def test_resumed_run_ends_exactly_like_an_uninterrupted_run(tmp_path):
+    cfg = sgd(epochs=3)
+
+    torch.manual_seed(0)
+    full = new_strategy(0)
+    train, val, test = loaders(n_train=512)
+    ref = fit(full, train, cfg, val, test, run_dir=tmp_path / "full", quiet=True, num_classes=10)
+
+    part = new_strategy(0)
+    train, val, test = loaders(n_train=512, loader_cls=InterruptAt)
+    with pytest.raises(KeyboardInterrupt):
+        fit(part, train, cfg, val, test, run_dir=tmp_path / "part", quiet=True, num_classes=10)
+    state = torch.load(tmp_path / "part" / "last.pt", weights_only=False)
+    assert state["epoch"] == 1 and len(state["history"]) == 2
+
+    torch.manual_seed(999)  # the checkpoint must restore the RNG, whatever the state now
+    resumed = new_strategy(1)  # other initial weights: the checkpoint must replace them
+    train, val, test = loaders(n_train=512)
+    out = fit(resumed, train, cfg, val, test, run_dir=tmp_path / "part", resume=tmp_path / "part" / "last.pt",
+              quiet=True, num_classes=10)
+
+    a, b = full.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [without(r) for r in out.history] == [without(r) for r in ref.history]
+    assert len(out.history) == 3 and [r["epoch"] for r in out.history] == [1, 2, 3]
+    assert without(out.metrics) == without(ref.metrics)
+    assert out.best == ref.best
+    # The weights really moved during training (the comparison is not of two untouched nets).
+    assert not torch.equal(a["model.head.1.weight"], new_strategy(0).state_dict()["model.head.1.weight"])
+
+
+def test_resume_from_a_garbage_checkpoint_is_a_usage_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    train, val, test = loaders(n_train=64, val=False)
+    with pytest.raises(UsageError, match="unreadable or corrupt"):
+        fit(new_strategy(0), train, sgd(1), test_loader=test, resume=bad, quiet=True, num_classes=10)
+    with pytest.raises(UsageError, match="does not exist"):
+        fit(new_strategy(0), train, sgd(1), test_loader=test, resume=tmp_path / "none.pt", quiet=True, num_classes=10)
+
+
+# ---- divergence -------------------------------------------------------------------------------
+
+class BadLossAt(CrossEntropy):
+    """Cross-entropy whose loss becomes `value` at (epoch, step), both 0-based; counts its steps."""
+
+    def __init__(self, model, epoch: int, step: int, value: float = float("nan")):
+        super().__init__(model)
+        self.at, self.value, self.calls, self._step = (epoch, step), value, 0, 0
+
+    def on_epoch_start(self, epoch, num_epochs):
+        self._step = 0
+
+    def train_step(self, x, y, idx, epoch):
+        out = super().train_step(x, y, idx, epoch)
+        if (epoch, self._step) == self.at:
+            out = StepOutput(out.loss * self.value, out.logits)
+        self._step += 1
+        self.calls += 1
+        return out
+
+
+@pytest.mark.parametrize("value, check_every, calls", [(float("nan"), 50, 16), (float("inf"), 1, 12)])
+def test_non_finite_loss_stops_naming_epoch_and_step(tmp_path, value, check_every, calls):
+    torch.manual_seed(0)
+    strategy = BadLossAt(create_model("tiny_cnn"), epoch=1, step=3, value=value)
+    train, val, test = loaders(n_train=256, val=False)  # 8 steps per epoch
+    with pytest.raises(TrainingDiverged) as info:
+        fit(strategy, train, sgd(epochs=3, nan_check_every=check_every), test_loader=test, run_dir=tmp_path,
+            quiet=True, num_classes=10)
+    msg = str(info.value)
+    assert "loss became non-finite at epoch 2, step 4" in msg
+    assert f"last good checkpoint: {tmp_path / 'last.pt'}" in msg
+    assert isinstance(info.value, UsageError)
+    # Checked every step: stops right at the bad step; every 50 steps: at the end of the epoch.
+    assert strategy.calls == calls
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["epoch"] == 0  # epoch 1 is kept
+
+
+# ---- history and metrics ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_epochs():
+    torch.manual_seed(0)
+    strategy = CrossEntropy(create_model("tiny_cnn"))
+    train, val, test = loaders(n_train=256, n_test=100)
+    cfg = sgd(epochs=2)
+    return strategy, train, test, cfg, fit(strategy, train, cfg, val, test, quiet=True, num_classes=10)
+
+
+def test_history_has_one_row_per_epoch_with_all_fields(two_epochs):
+    _, train, _, cfg, result = two_epochs
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    spe = len(train)
+    for e, row in enumerate(result.history):
+        assert {"train_loss", "train_acc", "val_acc", "val_loss", "test_acc", "test_loss", "lr", "seconds",
+                "images_per_s"} <= row.keys()
+        assert math.isfinite(row["train_loss"]) and 0 <= row["train_acc"] <= 1
+        assert 0 <= row["val_acc"] <= 1 and 0 <= row["test_acc"] <= 1
+        assert row["seconds"] > 0 and row["images_per_s"] == pytest.approx(256 / row["seconds"])
+        # The LR at the start of each epoch: the scheduler steps every iteration.
+        expected = cfg.optim.lr * warmup_cosine_factor(e * spe, spe, 2 * spe)
+        assert row["lr"] == pytest.approx(expected)
+    assert result.history[0]["lr"] == pytest.approx(0.05 / 8)
+    assert result.seconds == pytest.approx(sum(r["seconds"] for r in result.history))
+    assert result.metrics["train_seconds"] == pytest.approx(result.seconds)
+    assert result.best["epoch"] in (1, 2)
+    assert result.best["val_acc"] == max(r["val_acc"] for r in result.history)
+
+
+def test_final_metrics_match_a_direct_evaluation(two_epochs):
+    strategy, _, test, cfg, result = two_epochs
+    m = result.metrics
+    strategy.eval()
+    with torch.no_grad():
+        x = Normalize(MEAN, STD)(test.images)
+        logits = strategy.model(x)
+    assert m["test_acc"] == pytest.approx((logits.argmax(1) == test.labels).float().mean().item())
+    assert m["test_loss"] == pytest.approx(F.cross_entropy(logits, test.labels).item(), rel=1e-5)
+    assert m["test_acc"] == result.history[-1]["test_acc"]
+    assert m["test_acc_best"] == max(r["test_acc"] for r in result.history)
+    assert len(m["test_per_class_acc"]) == 10 and sum(map(sum, m["test_confusion"])) == 100
+    # Cost = loss + wd / 2 * sum of squared conv/linear kernels (no biases, no norm parameters).
+    l2 = sum(float(mod.weight.detach().pow(2).sum()) for mod in strategy.model.modules() if isinstance(mod, (nn.Conv2d, nn.Linear)))
+    assert m["l2_sum"] == pytest.approx(l2, rel=1e-6)
+    assert m["test_cost"] == pytest.approx(m["test_loss"] + cfg.optim.weight_decay / 2 * l2, rel=1e-9)
+    assert m["test_cost"] > m["test_loss"]
+
+
+class FlipInvariant(Classifier):
+    """Logits of x + mirror(x): exactly the same for an image and its mirror."""
+
+    def __init__(self, size: int = 16):
+        super().__init__()
+        self.num_features = 3 * size * size
+        self.head = nn.Linear(self.num_features, 10)
+
+    def forward_features(self, x):
+        return (x + x.flip(3)).flatten(1)
+
+
+def test_flip_tta_of_a_flip_invariant_model_equals_plain_accuracy():
+    torch.manual_seed(0)
+    train, _, test = loaders(n_train=128, val=False)
+    result = fit(CrossEntropy(FlipInvariant()), train, sgd(epochs=1), test_loader=test, quiet=True)  # infers 10 classes
+    assert result.metrics["test_acc_tta"] == result.metrics["test_acc"]
+    assert 0.0 < result.metrics["test_acc"] <= 1.0
+
+
+def test_flip_tta_averages_the_logits_of_the_image_and_its_mirror():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5))
+    x = torch.randn(6, 3, 4, 4)
+    expected = (net(x) + net(x.flip(3))) / 2
+    assert torch.allclose(tta_logits(net, x, "flip"), expected, atol=1e-6)
+    assert not torch.allclose(tta_logits(net, x, "flip"), net(x), atol=1e-3)
+    assert torch.equal(tta_logits(net, x, "none"), net(x))
+    with pytest.raises(UsageError, match="unknown TTA mode"):
+        tta_logits(net, x, "rotate")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"epochs": 0}, "epochs must be >= 1"), ({"batch_size": 0}, "batch size"), ({"tta": "x"}, "TTA"),
+    ({"early_stop_patience": -1}, "patience"), ({"optim": OptimConfig(lr=0)}, "learning rate"),
+])
+def test_bad_train_config_raises_usage_error(kwargs, match):
+    with pytest.raises(UsageError, match=match):
+        TrainConfig(**kwargs).validate()
+
+
+# ---- run records ------------------------------------------------------------------------------
+
+def tiny_experiment(seed=0) -> ExperimentConfig:
+    return ExperimentConfig(data=DataConfig(dataset="cifar10", val_size=20), model="tiny_cnn", seed=seed,
+                            train=TrainConfig(epochs=1, batch_size=32, tta="flip"), tag="tiny")
+
+
+def test_run_experiment_writes_a_record_and_reuses_it(tiny_cifar10, tmp_path, monkeypatch):
+    ctx = Context(data_dir=str(tiny_cifar10.root), cache_dir=str(tmp_path / "cache"), device="cpu", quiet=True)
+    cfg = tiny_experiment()
+    record = run_experiment(cfg, tmp_path / "results", ctx)
+    path = tmp_path / "results" / "records" / f"{cfg.run_id}.json"
+    assert path.is_file() and cfg.run_id.startswith("tiny-s0-")
+    stored = json.loads(path.read_text())
+    assert stored["run_id"] == record["run_id"] and stored["metrics"]["test_acc"] == record["metrics"]["test_acc"]
+    assert stored["data"]["train"] == 80 and stored["data"]["val"] == 20 and stored["data"]["test"] == 40
+    assert stored["data"]["classes"][0] == "airplane" and len(stored["history"]) == 1
+    assert 0 <= stored["metrics"]["test_acc"] <= 1 and "test_acc_tta" in stored["metrics"]
+    assert stored["config"]["model"] == "tiny_cnn"
+    assert (tmp_path / "results" / "runs" / cfg.run_id / "last.pt").is_file()
+
+    monkeypatch.setattr(experiment, "fit", lambda *a, **k: pytest.fail("trained although the record exists"))
+    again = run_experiment(tiny_experiment(), tmp_path / "results", ctx)
+    assert again == stored
+    # Another seed is another run.
+    assert tiny_experiment(seed=1).run_id != cfg.run_id
+
+
+def test_truncated_record_is_a_usage_error(tiny_cifar10, tmp_path, monkeypatch):
+    ctx = Context(data_dir=str(tiny_cifar10.root), cache_dir=str(tmp_path / "cache"), device="cpu", quiet=True)
+    cfg = tiny_experiment()
+    run_experiment(cfg, tmp_path / "results", ctx)
+    path = tmp_path / "results" / "records" / f"{cfg.run_id}.json"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    monkeypatch.setattr(experiment, "fit", lambda *a, **k: pytest.fail("trained over a damaged record"))
+    with pytest.raises(UsageError, match=r"corrupt or truncated.*delete it to recompute") as info:
+        run_experiment(cfg, tmp_path / "results", ctx)
+    assert str(path) in str(info.value)
+    path.write_text('{"run_id": "x"}')  # valid JSON but not a record
+    with pytest.raises(UsageError, match="not a complete run record"):
+        run_experiment(cfg, tmp_path / "results", ctx)
