@@ -2,4 +2,15 @@
 from robustlab.strategies.base import StepOutput, Strategy
 from robustlab.strategies.cross_entropy import CrossEntropy, LabelSmoothing
 
-__all__ = ["CrossEntropy", "LabelSmoothing", "StepOutput", "Strategy"]
+# The SupCon classes are imported on first use: pytorch-metric-learning takes seconds to import.
+_SUPCON = ("EncoderWithHead", "FrozenEncoderClassifier", "ProjectionHead", "SupConPretrain", "SupConViews")
+
+__all__ = ["CrossEntropy", "LabelSmoothing", "StepOutput", "Strategy", *_SUPCON]
+
+
+def __getattr__(name: str):
+    if name in _SUPCON:
+        from robustlab.strategies import supcon
+
+        return getattr(supcon, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,204 @@
+"""Look at what a trained run's encoder learned: features, class-separation scores and a 2-D map.
+
+    python -m robustlab.embed --checkpoint results/supcon/runs/<run_id>/last.pt --out DIR
+        [--split test] [--method tsne|pca] [--max-points 2000] [--dataset ...] [--data-dir ...]
+
+The run's record (`<results>/records/<run_id>.json`, found two folders above the checkpoint, or
+given with --record) names the model, its keyword arguments, the dataset and the split seed, so
+the features come from exactly the network and data split the run trained on. Writes
+`embedding_<split>.json` (knn_acc, linear_probe_acc, silhouette, alignment, uniformity; the probes
+use up to --max-train training features as their memory) and `embedding_<split>_<method>.png`.
+CIFAR-100 points are coloured by superclass.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from robustlab.checkpoint import load_checkpoint
+from robustlab.cli import Parser, positive_int
+from robustlab.errors import UsageError, cli_entry, require
+from robustlab.experiment import Context, ExperimentConfig, prepare_data, resolve_device
+from robustlab.fileio import write_json
+from robustlab.records import read_record
+
+SPLITS = ("test", "train", "val")
+
+
+# ----------------------------------------------------------------------------------------------
+# Run -> network
+# ----------------------------------------------------------------------------------------------
+
+
+def _build(cls, values):
+    """A dataclass from a dict, recursively; unknown keys are ignored and missing ones take defaults,
+    so records written by older or newer versions of robustlab still load."""
+    if not dataclasses.is_dataclass(cls) or not isinstance(values, dict):
+        return values
+    kwargs = {}
+    hints = {f.name: f for f in dataclasses.fields(cls)}
+    for name, value in values.items():
+        f = hints.get(name)
+        if f is None or not f.init:
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        kwargs[name] = _build(type(default), value) if dataclasses.is_dataclass(default) else value
+    return cls(**kwargs)
+
+
+def config_from_record(record: dict) -> ExperimentConfig:
+    """The ExperimentConfig a run record was written from."""
+    config = record.get("config")
+    require(isinstance(config, dict) and "model" in config, f"run record {record.get('run_id', '?')} has no model config")
+    return _build(ExperimentConfig, config)
+
+
+def record_for_checkpoint(checkpoint: str | Path) -> Path:
+    """`<results>/runs/<run_id>/<name>.pt` -> `<results>/records/<run_id>.json`."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent.parent.parent / "records" / f"{checkpoint.parent.name}.json"
+
+
+@dataclass
+class RunNetwork:
+    network: nn.Module      # the run's feature extractor (forward_features), in eval mode on the CPU
+    record: dict
+    config: ExperimentConfig
+    checkpoint: Path
+
+
+def load_run_network(checkpoint: str | Path, record_path: str | Path | None = None) -> RunNetwork:
+    """Rebuild the network of a run from its checkpoint (last.pt or best.pt) and its record.
+
+    For a SupCon classifier-stage run the network is its encoder; for every other strategy it is the
+    strategy's `model`.
+    """
+    from robustlab.models import create_model
+    from robustlab.strategies.supcon import load_encoder_weights
+
+    checkpoint = Path(checkpoint)
+    state = load_checkpoint(checkpoint)  # a file that is not a robustlab checkpoint fails here
+    require(isinstance(state["strategy"], dict), f"{checkpoint} is not a robustlab checkpoint")
+    record_path = Path(record_path) if record_path else record_for_checkpoint(checkpoint)
+    if not record_path.is_file():
+        raise UsageError(f"no run record for {checkpoint} at {record_path}; pass --record PATH "
+                         f"(the records/<run_id>.json of the results directory that holds runs/<run_id>/)")
+    record = read_record(record_path)
+    cfg = config_from_record(record)
+    classes = (record.get("data") or {}).get("classes")
+    require(bool(classes), f"run record {record_path} does not list the dataset's classes")
+    network = create_model(cfg.model, num_classes=len(classes), **cfg.model_kwargs)
+    load_encoder_weights(network, state["strategy"],
+                         source=f"checkpoint {checkpoint} (model {cfg.model} of record {record_path.name})")
+    return RunNetwork(network.eval(), record, cfg, checkpoint)
+
+
+# ----------------------------------------------------------------------------------------------
+# Features
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SplitFeatures:
+    features: torch.Tensor       # float32 (N, D), CPU
+    labels: torch.Tensor         # int64 (N,): true (clean) labels
+    coarse: torch.Tensor | None  # superclass labels (CIFAR-100), else None
+
+
+def split_features(network: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean, std, device,
+                   coarse: torch.Tensor | None = None, max_points: int | None = None, seed: int = 0,
+                   batch_size: int = 512) -> SplitFeatures:
+    """Features of (a seeded subsample of at most `max_points` of) uint8 `images`, normalized by (mean, std)."""
+    from robustlab.data import DeviceLoader, Normalize
+    from robustlab.embeddings import extract_features, sample_indices
+
+    keep = torch.as_tensor(sample_indices(len(labels), max_points, seed))
+    loader = DeviceLoader(images[keep], labels[keep], batch_size, Normalize(mean, std), shuffle=False, device=device)
+    network.to(device)
+    feats, labs = extract_features(network, loader, device=device)
+    return SplitFeatures(feats, labs, None if coarse is None else coarse[keep].cpu())
+
+
+def superclass_lookup(labels: torch.Tensor, coarse: torch.Tensor | None, num_classes: int):
+    """(num_classes,) class -> superclass array from per-sample labels, or None without superclasses."""
+    if coarse is None:
+        return None
+    lookup = torch.zeros(num_classes, dtype=torch.long)
+    lookup[labels.long()] = coarse.long()
+    return lookup.numpy()
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+
+
+def build_parser() -> Parser:
+    from robustlab.embeddings import PROJECTIONS
+
+    p = Parser(prog="python -m robustlab.embed", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="a run's runs/<run_id>/last.pt or best.pt")
+    p.add_argument("--record", default=None, help="the run's record (default: <results>/records/<run_id>.json)")
+    p.add_argument("--out", required=True, help="folder for embedding_<split>.json and the scatter PNG")
+    p.add_argument("--dataset", default=None, help="override the run's dataset (cifar10 | cifar100 | imagefolder:<path>)")
+    p.add_argument("--data-dir", default=None, help="folder holding the dataset (env ROBUSTLAB_DATA)")
+    p.add_argument("--cache-dir", default=None, help="decoded-array cache (env ROBUSTLAB_CACHE)")
+    p.add_argument("--split", choices=SPLITS, default="test", help="whose features are scored and plotted")
+    p.add_argument("--method", choices=PROJECTIONS, default="tsne", help="2-D projection")
+    p.add_argument("--max-points", type=positive_int, default=2000, help="points projected and plotted")
+    p.add_argument("--max-train", type=positive_int, default=5000, help="training features used by kNN / linear probe")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--seed", type=int, default=0, help="subsampling and t-SNE seed")
+    return p
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run = load_run_network(args.checkpoint, args.record)
+    cfg = run.config
+    if args.dataset:
+        cfg.data.dataset = args.dataset
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise UsageError(f"data directory {args.data_dir} does not exist")
+    cfg.data.noise_rate = 0.0  # scores and colours use the true labels
+    ctx = Context(data_dir=args.data_dir, cache_dir=args.cache_dir, device=args.device)
+    device = resolve_device(args.device)
+    splits = prepare_data(cfg.data, cfg.seed, ctx).splits
+    chosen = {"test": splits.test, "train": splits.train, "val": splits.val}[args.split]
+    if chosen is None:
+        raise UsageError(f"the run has no {args.split} split (its val_size is 0)")
+    stats = run.record.get("data") or {}
+    mean, std = stats.get("mean") or splits.mean, stats.get("std") or splits.std  # the run's own normalization
+
+    from robustlab.embeddings import embedding_report, plot_embedding, project_2d, sample_indices
+
+    bank = split_features(run.network, splits.train.images, splits.train.labels, mean, std, device,
+                          max_points=args.max_train, seed=args.seed)
+    feats = split_features(run.network, chosen.images, chosen.labels, mean, std, device,
+                           coarse=chosen.coarse_labels, seed=args.seed)
+    report = embedding_report(bank.features, bank.labels, feats.features, feats.labels, seed=args.seed)
+    out = Path(args.out)
+    points = project_2d(feats.features, args.method, seed=args.seed, max_points=args.max_points)
+    keep = sample_indices(len(feats.labels), args.max_points, args.seed)
+    plotted = plot_embedding(
+        points, feats.labels[keep], out / f"embedding_{args.split}_{args.method}.png", class_names=chosen.classes,
+        title=f"{run.record['run_id']} ({cfg.data.dataset} {args.split}, {args.method})",
+        hue_labels=None if feats.coarse is None else feats.coarse[keep], hue_names=chosen.coarse_classes)
+    summary = {"run_id": run.record["run_id"], "checkpoint": str(run.checkpoint), "model": cfg.model,
+               "dataset": cfg.data.dataset, "split": args.split, "num_points": len(feats.labels),
+               "feature_dim": int(feats.features.shape[1]), "memory_bank": {"split": "train", "size": len(bank.labels)},
+               "method": args.method, "plotted_points": plotted.num_points, **report}
+    write_json(out / f"embedding_{args.split}.json", summary)
+    print(" ".join(f"{k}={v:.4f}" for k, v in report.items()))
+    print(f"wrote {out / f'embedding_{args.split}.json'} and {plotted.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
