@@ -1,0 +1,108 @@
+"""studies.robustness: corruption and calibration evaluation of a tiny trained run on real CIFAR-10."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from robustlab.corruptions.inputs import list_input_corruptions
+from robustlab.experiment import Context, ExperimentConfig, run_experiment
+from studies import robustness
+
+TOL = 0.03  # severity-5 noise may not lower accuracy by more than chance on a weak model
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cifar10_dir, session_cache_dir):
+    """One epoch of tiny_cnn on 300 images (100 validation images for temperature scaling)."""
+    out = tmp_path_factory.mktemp("robust-train")
+    cfg = ExperimentConfig(model="tiny_cnn", tag="tiny")
+    cfg.data.train_size, cfg.data.val_size, cfg.data.test_size = 300, 100, 300
+    cfg.train.epochs, cfg.train.batch_size, cfg.train.tta = 1, 64, "none"
+    ctx = Context(data_dir=str(cifar10_dir), cache_dir=str(session_cache_dir), quiet=True)
+    record = run_experiment(cfg, out, ctx)
+    return out, record
+
+
+def common(cifar10_dir, session_cache_dir, out: Path) -> list[str]:
+    return ["--data-dir", str(cifar10_dir), "--cache-dir", str(session_cache_dir), "--out", str(out),
+            "--figures-dir", str(out / "fig"), "--quiet"]
+
+
+def test_checkpoint_evaluation_writes_table_long_csv_and_figures(trained, cifar10_dir, session_cache_dir, tmp_path):
+    run_out, record = trained
+    ckpt = run_out / "runs" / record["run_id"] / "last.pt"
+    out = tmp_path / "rob"
+    assert robustness.main(["--checkpoint", str(ckpt), *common(cifar10_dir, session_cache_dir, out)]) == 0
+    names = list_input_corruptions()
+
+    rows = read_csv(out / "table.csv")
+    assert len(rows) == 1 and rows[0]["model"] == "tiny"
+    r = rows[0]
+    for col in ("clean_acc", "mean_corrupted_acc", *[f"acc_{c}" for c in names]):
+        assert 0.0 <= float(r[col]) <= 1.0, col
+    assert float(r["mce_unnormalized"]) == pytest.approx(1 - float(r["mean_corrupted_acc"]))
+    assert r["mce_vs_baseline"] == ""  # one model: no baseline
+    # the evaluation runs on the run's own test subset, so the clean accuracy is the record's
+    assert float(r["clean_acc"]) == pytest.approx(record["metrics"]["test_acc"], abs=1e-6)
+
+    long = read_csv(out / "corruptions_long.csv")
+    assert len(long) == len(names) * 5
+    assert {(x["corruption"], int(x["severity"])) for x in long} == {(c, s) for c in names for s in range(1, 6)}
+    assert all(0.0 <= float(x["acc"]) <= 1.0 for x in long)
+    acc = {(x["corruption"], int(x["severity"])): float(x["acc"]) for x in long}
+    assert acc[("gaussian_noise", 5)] <= float(r["clean_acc"]) + TOL
+    for c in names:  # the table's per-corruption column is the mean over the five severities
+        assert float(r[f"acc_{c}"]) == pytest.approx(sum(acc[(c, s)] for s in range(1, 6)) / 5, abs=1e-9)
+
+    calib = read_csv(out / "calibration.csv")[0]
+    assert float(calib["temperature"]) > 0 and 0.0 <= float(calib["test_ece_ts"]) <= 1.0
+    assert float(calib["test_nll_ts"]) <= float(calib["test_nll"]) + 0.05  # fitted on 100 validation images
+    for d in (out, out / "fig"):
+        for name in ("table.md", "table.csv", "calibration.md", "heatmap_tiny.png", "reliability_tiny.png",
+                     "reliability_tiny_ts.png"):
+            assert (d / name).stat().st_size > 0, name
+
+
+def test_two_checkpoints_give_an_mce_relative_to_the_first(trained, cifar10_dir, session_cache_dir, tmp_path):
+    run_out, record = trained
+    run_dir = run_out / "runs" / record["run_id"]
+    out = tmp_path / "rob2"
+    argv = ["--checkpoint", str(run_dir / "last.pt"), "--checkpoint", str(run_dir / "best.pt"),
+            "--corruptions", "gaussian_noise,contrast", "--test-size", "200", *common(cifar10_dir, session_cache_dir, out)]
+    assert robustness.main(argv) == 0
+    rows = read_csv(out / "table.csv")
+    assert [r["model"] for r in rows] == [f"tiny-{record['run_id'].rsplit('-', 1)[-1]}-{n}" for n in ("last", "best")]
+    assert float(rows[0]["mce_vs_baseline"]) == pytest.approx(1.0)
+    # one epoch: best.pt holds the same weights as last.pt
+    assert float(rows[1]["mce_vs_baseline"]) == pytest.approx(1.0)
+    assert len(read_csv(out / "corruptions_long.csv")) == 2 * 2 * 5
+    assert "200 test images" in (out / "table.md").read_text()
+
+
+@pytest.mark.parametrize("bad", ["missing", "no_record", "corrupt"])
+def test_bad_checkpoint_exits_2_with_one_line(bad, trained, tmp_path, capsys):
+    run_out, record = trained
+    if bad == "missing":
+        path = tmp_path / "nope" / "last.pt"
+    elif bad == "no_record":
+        path = tmp_path / "runs" / "x" / "last.pt"
+        path.parent.mkdir(parents=True)
+        path.write_bytes((run_out / "runs" / record["run_id"] / "last.pt").read_bytes())
+    else:
+        path = run_out / "runs" / record["run_id"] / "broken.pt"
+        path.write_bytes(b"not a checkpoint")
+    assert robustness.main(["--checkpoint", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error" in err[0] and "checkpoint" in err[0]
+
+
+def test_unknown_corruption_exits_2(tmp_path, capsys):
+    assert robustness.main(["--corruptions", "rain", "--out", str(tmp_path)]) == 2
+    assert "unknown corruption" in capsys.readouterr().err
