@@ -61,6 +61,13 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+def seed_list(text: str) -> list[int]:
+    values = int_list(text)
+    if min(values) < 0:
+        raise argparse.ArgumentTypeError(f"seeds must be >= 0, got {text!r}")
+    return values
+
+
 def name_list(text: str) -> list[str]:
     values = [v.strip() for v in text.split(",") if v.strip()]
     if not values:
@@ -88,7 +95,8 @@ def add_data_args(p: argparse.ArgumentParser, dataset: str = "cifar10") -> None:
     g.add_argument("--test-size", type=positive_int, default=None, help="class-balanced test subset (quick runs only)")
 
 
-def add_train_args(p: argparse.ArgumentParser) -> None:
+def add_train_args(p: argparse.ArgumentParser, smoothing: bool = True) -> None:
+    """Recipe options; `smoothing=False` for commands whose arms fix their own loss."""
     g = p.add_argument_group("training recipe")
     g.add_argument("--epochs", type=positive_int, default=None)
     g.add_argument("--batch-size", type=positive_int, default=None)
@@ -104,7 +112,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gamma", type=float, default=None, help="decay factor for step/multistep/plateau")
     g.add_argument("--t0", type=positive_int, default=None, help="cosine_restarts: first period (epochs)")
     g.add_argument("--t-mult", type=positive_int, default=None, help="cosine_restarts: period multiplier")
-    g.add_argument("--label-smoothing", type=unit_rate, default=None)
+    if smoothing:
+        g.add_argument("--label-smoothing", type=unit_rate, default=None)
     g.add_argument("--early-stop", type=nonneg_int, default=None, help="patience in epochs on validation accuracy (0 = off)")
     g.add_argument("--tta", choices=TTA_MODES, default=None, help="test-time augmentation for the final evaluation")
     g.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")

@@ -56,6 +56,20 @@ def all_reduce_sum(*tensors: torch.Tensor) -> None:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
 
 
+def all_reduce_max(tensor: torch.Tensor) -> None:
+    if current().enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+
+
+def broadcast_object(obj):
+    """Rank 0's copy of a picklable object, on every rank."""
+    if not current().enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def wrap_for_training(strategy: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """DDP around the whole strategy: its forward is train_step, so every network it owns
     (both Co-Teaching peers, a SupCon projection head) gets its gradients averaged."""

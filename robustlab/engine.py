@@ -1,4 +1,4 @@
-"""The one training loop every strategy uses (in the spirit of torchvision's reference train.py).
+"""The one training loop every strategy uses: a flat, readable loop with checkpoint and resume.
 
 fit() owns the optimizer, LR schedule, bf16 autocast and channels_last on CUDA, early stopping,
 the best checkpoint, a resumable checkpoint after every epoch, and the per-epoch history.
@@ -96,18 +96,26 @@ def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, tes
     start_epoch, stale, elapsed = 0, 0, 0.0
     if resume:
         state = load_checkpoint(resume, map_location=device)
-        strategy.load_state_dict(state["strategy"])
+        require({"optimizer", "scheduler", "epoch", "config"} <= state.keys(),
+                f"{resume} is not a resumable checkpoint (use the run's last.pt)")
+        require(state["config"] == asdict(cfg), f"{resume} was written with a different training config")
+        try:
+            strategy.load_state_dict(state["strategy"])
+        except RuntimeError as exc:
+            raise UsageError(f"{resume} does not fit this model ({str(exc).splitlines()[0]})") from None
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history, best, stale, elapsed = state["history"], state["best"], state["stale"], state["elapsed"]
         start_epoch = state["epoch"] + 1
-        torch.set_rng_state(state["rng_cpu"])
+        torch.set_rng_state(state["rng_cpu"].cpu())  # RNG states must be CPU byte tensors
         if cuda and state.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"])
+            torch.cuda.set_rng_state(state["rng_cuda"].cpu())
+        stopped_early = state.get("stopped_early", False)
         _log(f"resumed from {resume} after epoch {start_epoch}", quiet)
 
-    stopped_early = False
-    for epoch in range(start_epoch, cfg.epochs):
+    if not resume:
+        stopped_early = False
+    for epoch in range(start_epoch, cfg.epochs if not stopped_early else start_epoch):
         t0 = time.perf_counter()
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         row.update(_train_epoch(strategy, train_module, train_loader, optimizer, scheduler if per_step else None,
@@ -121,13 +129,16 @@ def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, tes
                                               num_classes, prefix="val_"))
         if test_loader is not None:
             row.update(_test_metrics(strategy, test_loader, num_classes, autocast))
+        if info.enabled:  # one set of numbers drives every rank's schedule and early stopping
+            row = distributed.broadcast_object(row)
         if not per_step:
             scheduler.step(row.get("val_loss", row["train_loss"]))
         row.update(strategy.epoch_metrics())
         history.append(row)
         _log(_summary(row, cfg.epochs), quiet)
 
-        score = row.get("val_acc", row.get("test_acc", -row["train_loss"]))
+        # Model selection never looks at the test split: validation accuracy, else training loss.
+        score = row.get("val_acc", -row["train_loss"])
         improved = score > best["score"]
         if improved:
             best = {"epoch": epoch + 1, "score": score, **{k: v for k, v in row.items() if k.startswith(("val_", "test_"))}}
@@ -141,6 +152,7 @@ def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, tes
                 "strategy": strategy.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history, "best": best,
                 "stale": stale, "elapsed": elapsed, "rng_cpu": torch.get_rng_state(),
+                "stopped_early": cfg.early_stop_patience > 0 and val_loader is not None and stale >= cfg.early_stop_patience,
                 "rng_cuda": torch.cuda.get_rng_state() if cuda else None, "config": asdict(cfg)})
         if cfg.early_stop_patience and val_loader is not None and stale >= cfg.early_stop_patience:
             _log(f"early stop: no validation improvement for {stale} epochs", quiet)
@@ -154,8 +166,9 @@ def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, tes
         metrics = classification_metrics(logits, labels, num_classes, prefix="test_", full=True)
         l2 = l2_term(strategy.model)
         metrics["l2_sum"] = l2
-        # Cost as in report 000: loss + lambda * sum(W^2), with lambda = weight_decay / 2 so that
-        # SGD's weight decay is exactly the gradient of this penalty.
+        # Cost as in report 000: loss + lambda * sum(W^2) over conv/linear kernels, with
+        # lambda = weight_decay / 2 (SGD's weight decay is the gradient of that penalty; the
+        # optimizer also decays biases and norm parameters, which the cost leaves out).
         metrics["test_cost"] = metrics["test_loss"] + cfg.optim.weight_decay / 2 * l2
         if cfg.tta != "none":
             tta_logits, tta_labels = collect_logits(strategy.predict, test_loader, tta=cfg.tta, autocast=autocast)
@@ -209,6 +222,7 @@ def _train_epoch(strategy, train_module, loader, optimizer, scheduler, cfg, epoc
             correct += (out.logits.detach().argmax(1) == targets).sum()
             counted += len(targets)
         if (step + 1) % cfg.nan_check_every == 0 or step + 1 == len(loader):
+            distributed.all_reduce_max(bad_step)  # every rank stops together
             if int(bad_step) >= 0:
                 where = f"; last good checkpoint: {run_dir / 'last.pt'}" if run_dir and (run_dir / "last.pt").exists() else ""
                 raise TrainingDiverged(f"loss became non-finite at epoch {epoch + 1}, step {int(bad_step) + 1}{where}")

@@ -58,5 +58,5 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_class
 
 
 def l2_term(module: torch.nn.Module) -> float:
-    """Sum of squared weights of conv/linear kernels (biases and norm parameters excluded)."""
-    return sum(float(p.detach().float().pow(2).sum()) for p in module.parameters() if p.ndim > 1)
+    """Sum of squared trainable conv/linear kernels (biases, norm parameters and frozen weights excluded)."""
+    return sum(float(p.detach().float().pow(2).sum()) for p in module.parameters() if p.ndim > 1 and p.requires_grad)

@@ -45,6 +45,7 @@ class OptimConfig:
         require(self.t0 >= 1 and self.t_mult >= 1, "cosine restarts need t0 >= 1 and t_mult >= 1")
         require(self.step_size >= 1, f"step size must be >= 1 epoch, got {self.step_size}")
         require(0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}")
+        require(self.schedule != "plateau" or self.gamma < 1, "the plateau schedule needs gamma < 1")
         require(self.warmup_epochs >= 0, "warm-up epochs must be >= 0")
 
 
@@ -89,7 +90,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: 
     if cfg.schedule == "cyclic":
         return S.CyclicLR(optimizer, base_lr=cfg.cyclic_base_lr, max_lr=cfg.lr, mode="triangular",
                           step_size_up=max(1, round(cfg.cyclic_half_epochs * spe)),
-                          cycle_momentum=cfg.optimizer == "sgd" and cfg.momentum > 0)
+                          cycle_momentum=False)  # keep the chosen momentum: only the LR cycles
     if cfg.schedule == "onecycle":
         return S.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(total, 2))
     if cfg.schedule == "plateau":

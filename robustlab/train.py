@@ -6,7 +6,7 @@ import sys
 
 from robustlab import distributed
 from robustlab.cli import (Parser, add_context_args, add_data_args, add_train_args, apply_data_args,
-                           apply_train_args, context_from_args, unit_rate)
+                           apply_train_args, context_from_args, nonneg_int, unit_rate)
 from robustlab.errors import UsageError, cli_entry
 from robustlab.experiment import ExperimentConfig, StrategyConfig, run_experiment
 from robustlab.records import record_path
@@ -34,7 +34,7 @@ def build_parser() -> Parser:
     p.add_argument("--strategy", choices=("ce", "coteach"), default="ce")
     p.add_argument("--noise-rate", type=unit_rate, default=0.0, help="fraction of corrupted training labels")
     p.add_argument("--noise-type", default="symmetric", help="symmetric | uniform | pair | asymmetric")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH",
                    help="continue from PATH, or from the run's last checkpoint under --out")
     add_data_args(p)
@@ -54,9 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     apply_train_args(args, cfg.train, cfg.augment)
     if args.strategy == "coteach" and args.noise_rate == 0:
         raise UsageError("--strategy coteach needs label noise (--noise-rate > 0)")
-    from robustlab.models import list_models
-    if args.model not in list_models():  # fail before any data is decoded
-        raise UsageError(f"unknown model {args.model!r}; known models: {', '.join(list_models())}")
+    from robustlab.models import create_model
+    create_model(args.model, **cfg.model_kwargs)  # a bad name or option fails before any data is decoded
     info = distributed.init_from_env(args.device)
     ctx = context_from_args(args, resume=args.resume)
     record = run_experiment(cfg, args.out, ctx)

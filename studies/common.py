@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from robustlab import distributed
-from robustlab.cli import Parser, add_context_args, add_data_args, add_train_args, int_list
+from robustlab.cli import Parser, add_context_args, add_data_args, add_train_args, seed_list
 from robustlab.errors import UsageError
 from robustlab.experiment import Context, ExperimentConfig, run_experiment
 from robustlab.fileio import write_text
@@ -25,19 +25,19 @@ from robustlab.records import find_record
 PRESETS = ("quick", "paper")
 
 
-def study_parser(name: str, description: str, dataset: str = "cifar10") -> Parser:
+def study_parser(name: str, description: str, dataset: str = "cifar10", smoothing: bool = False) -> Parser:
     p = Parser(prog=f"python -m studies.{name}", description=description)
     g = p.add_argument_group("study")
     g.add_argument("--preset", choices=PRESETS, default="quick",
                    help="quick: minutes on a laptop CPU; paper: the full GPU recipe")
-    g.add_argument("--seeds", type=int_list, default=None, help="comma-separated seeds, e.g. 0,1,2")
+    g.add_argument("--seeds", type=seed_list, default=None, help="comma-separated seeds, e.g. 0,1,2")
     g.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
                    help="run only share I (0-based) of N of the grid, and skip the tables")
     g.add_argument("--collect", action="store_true", help="run nothing; build tables and figures from existing records")
     g.add_argument("--resume", action="store_true", help="continue unfinished runs from their last checkpoint")
     g.add_argument("--figures-dir", default=f"figures/{name}", help=f"where figures are copied (default figures/{name})")
     add_data_args(p, dataset)
-    add_train_args(p)
+    add_train_args(p, smoothing=smoothing)
     add_context_args(p, default_out=f"results/{name}")
     return p
 

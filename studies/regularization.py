@@ -248,7 +248,7 @@ def table_row(run) -> dict:
 
 
 def build_parser():
-    p = study_parser("regularization", __doc__)
+    p = study_parser("regularization", __doc__, smoothing=True)
     g = p.add_argument_group("regularization")
     g.add_argument("--ablation", choices=(*ABLATIONS, "all"), default="basic", help="which table(s) to build")
     g.add_argument("--model", default=None, help="override the preset's model (default: vgg3; quick: a narrow one)")

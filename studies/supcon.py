@@ -169,7 +169,7 @@ def plot_tsne(panels: dict, splits, dirs, dataset: str) -> None:
         shown = plot_embeddings_side_by_side(panels, Path(d) / "tsne_test.png", class_names=splits.classes,
                                              title=f"t-SNE of {dataset} test features (colour: {coloured})",
                                              class_to_hue=lookup, hue_names=splits.test.coarse_classes)
-    # What the figure shows, for readers and tests that cannot look at a PNG.
+    # What the figure shows, in machine-readable form.
     write_json(Path(dirs[0]) / "tsne_test.json", {
         "colour": coloured, "num_colour_groups": shown.num_colour_groups,
         "panels": [[name, len(points)] for name, (points, _) in panels.items()]})

@@ -86,8 +86,8 @@ def affine(x: torch.Tensor, angle: torch.Tensor, shear: torch.Tensor, scale: tor
 
 
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
-    m = torch.as_tensor(mean, device=x.device, dtype=x.dtype)[None, :, None, None]
-    s = torch.as_tensor(std, device=x.device, dtype=x.dtype)[None, :, None, None]
+    m = torch.as_tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     return (x - m) / s
 
 
@@ -102,9 +102,16 @@ class Normalize:
 
     def __init__(self, mean, std):
         self.mean, self.std = tuple(mean), tuple(std)
+        self._stats: dict = {}  # device -> (mean, std) tensors, so no host-to-device copy per batch
+
+    def stats(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._stats:
+            self._stats[device] = (torch.tensor(self.mean, device=device).view(1, -1, 1, 1),
+                                   torch.tensor(self.std, device=device).view(1, -1, 1, 1))
+        return self._stats[device]
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return normalize(images.float().div_(255), self.mean, self.std)
+        return normalize(images.float().div_(255), *self.stats(images.device))
 
 
 class BatchAugment(Normalize):
@@ -132,7 +139,7 @@ class BatchAugment(Normalize):
             x = adjust_brightness(x, _uniform(n, 1 - c.jitter, 1 + c.jitter, g, dev))
             x = adjust_contrast(x, _uniform(n, 1 - c.jitter, 1 + c.jitter, g, dev))
             x = adjust_saturation(x, _uniform(n, 1 - c.jitter, 1 + c.jitter, g, dev))
-        x = normalize(x, self.mean, self.std)
+        x = normalize(x, *self.stats(x.device))
         if c.cutout:
             # Applied after normalization, so the square holds the dataset mean (0).
             cy = torch.randint(0, h, (n,), generator=g, device=dev)

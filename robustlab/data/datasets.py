@@ -101,7 +101,7 @@ def _load_torchvision(name: str, data_dir: Path, download: bool = False) -> tupl
     """Read torchvision's pickled CIFAR folder; torchvision itself is used only to download it.
 
     The pickles are read directly (not through torchvision's CIFAR classes), because those refuse
-    any file whose md5 differs from the original release, e.g. a small file written by a test.
+    any file whose md5 differs from the original release (a re-packed or subsetted copy).
     """
     if download:
         import socket

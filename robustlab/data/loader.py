@@ -34,9 +34,9 @@ class DeviceLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _generator(self) -> torch.Generator:
+    def _generator(self, stream: int = 0) -> torch.Generator:
         g = torch.Generator(device=self.device)
-        g.manual_seed(self.seed * 1_000_003 + self.epoch)
+        g.manual_seed(self.seed * 1_000_003 + self.epoch + stream * 7_919)
         return g
 
     def _indices(self, g: torch.Generator) -> torch.Tensor:
@@ -56,8 +56,10 @@ class DeviceLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         g = self._generator()
-        order = self._indices(g)
+        order = self._indices(g)  # the same permutation on every rank
+        # Under DDP each rank draws its own augmentations, so ranks do not share crops and flips.
+        aug = g if self.world_size == 1 else self._generator(stream=self.rank + 1)
         for b in range(len(self)):
             idx = order[b * self.batch_size: (b + 1) * self.batch_size]
-            yield self.augment(self.images[idx], g), self.labels[idx], idx
+            yield self.augment(self.images[idx], aug), self.labels[idx], idx
         self.epoch += 1

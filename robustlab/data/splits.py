@@ -33,7 +33,10 @@ def _stratified_take(labels: np.ndarray, size: int, seed: int) -> tuple[np.ndarr
     positions = np.arange(len(labels))
     if size == len(labels):
         return positions, positions[:0]
-    taken, rest = train_test_split(positions, train_size=size, stratify=labels, random_state=seed)
+    try:
+        taken, rest = train_test_split(positions, train_size=size, stratify=labels, random_state=seed)
+    except ValueError as exc:  # e.g. fewer images than classes on one side of the split
+        raise UsageError(f"cannot take a class-balanced subset of {size} from {len(labels)} images: {exc}") from None
     return np.sort(taken), np.sort(rest)
 
 

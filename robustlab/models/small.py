@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from robustlab.models.base import Classifier
+from robustlab.models.checks import check_int_list, check_rate
 from robustlab.models.layers import norm_layer
 from robustlab.models.registry import register_model
 
@@ -14,6 +15,8 @@ class SmallCNN(Classifier):
 
     def __init__(self, num_classes: int = 10, widths=(32, 64, 128), norm: str = "bn", dropout: float = 0.0, in_chans: int = 3):
         super().__init__()
+        widths = check_int_list("widths", widths)
+        dropout = check_rate("dropout", dropout)
         layers, c = [], in_chans
         for w in widths:
             layers += [nn.Conv2d(c, w, 3, padding=1, bias=norm == "none"), norm_layer(norm, w), nn.ReLU(inplace=True), nn.MaxPool2d(2)]

@@ -60,7 +60,7 @@ class CoTeaching(Strategy):
         require(exponent > 0, f"exponent must be > 0, got {exponent}")
         self.model, self.peer = model, peer
         self.tau, self.num_gradual, self.exponent = forget_rate, num_gradual, exponent
-        self.register_buffer("clean_labels", clean_labels, persistent=False)
+        self.clean_labels = clean_labels  # a plain tensor: DDP must not broadcast it every step
         self._remember = 1.0
         self._kept = self._kept_clean = None
 

@@ -80,7 +80,9 @@ class SupConViews:
         x = self._crop_and_flip(x, generator)
         x = self._colour_jitter(x, generator)
         x = self._grayscale(x, generator)
-        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        if self.mean.device != x.device:  # move once, not per batch
+            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
+        x = (x - self.mean) / self.std
         return x.view(n, 2, 3, self.size, self.size)
 
     # Random numbers are drawn on the generator's device (it may differ from the images'), then moved.
@@ -187,8 +189,9 @@ class SupConPretrain(Strategy):
     def train_step(self, x, y, idx, epoch) -> StepOutput:
         z, views = self.embed(x)
         labels = y.repeat_interleave(views)
-        # float32 for the exp/log-sum-exp at temperature ~0.1, even under autocast
-        return StepOutput(self.loss_fn(z.float(), labels))
+        # float32 for the exp/log-sum-exp at temperature ~0.1: autocast off for the loss
+        with torch.autocast(z.device.type, enabled=False):
+            return StepOutput(self.loss_fn(z.float(), labels))
 
 
 # ----------------------------------------------------------------------------------------------
