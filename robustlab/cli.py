@@ -12,7 +12,7 @@ from robustlab.engine import TrainConfig
 from robustlab.evaluate import TTA_MODES
 from robustlab.errors import UsageError
 from robustlab.experiment import Context, DataConfig
-from robustlab.schedules import OPTIMIZERS, SCHEDULES, OptimConfig
+from robustlab.schedules import OPTIMIZERS, SCHEDULES
 
 
 class Parser(argparse.ArgumentParser):

@@ -15,6 +15,7 @@ import sys
 from robustlab.cli import apply_data_args, apply_train_args, context_from_args, name_list
 from robustlab.errors import UsageError, cli_entry
 from robustlab.experiment import ExperimentConfig
+from robustlab.models import require_model
 from robustlab.schedules import OptimConfig
 from studies.common import (aggregate, history_rows, output_dirs, plot_curves, run_grid, should_tabulate, study_parser,
                             write_table)
@@ -25,7 +26,6 @@ KEYS = ["model", "params"]
 
 # quick: the first of these that are registered (small nets, a few minutes each on a 2-core CPU).
 QUICK_MODELS = ("vgg1", "vgg3_gap", "resnet_cifar")
-QUICK_FALLBACK = ("tiny_cnn", "small_cnn")
 # quick: constructor arguments that shrink a model to the CPU budget (any listed model, default or not).
 QUICK_MODEL_KWARGS = {"resnet_cifar": {"depths": (1, 1, 1), "widths": (16, 32, 64)}}
 PAPER_MODELS = ("resnet18", "se_resnet18", "resnet_cifar_1m", "convnext_cifar", "vit_cifar", "se_resnet80")
@@ -56,14 +56,10 @@ def preset(name: str) -> ExperimentConfig:
     return cfg
 
 
-def default_models(preset_name: str, known: list[str]) -> list[str]:
+def default_models(preset_name: str) -> list[str]:
     if preset_name == "paper":
         return list(PAPER_MODELS)
-    chosen = [m for m in QUICK_MODELS if m in known]
-    if not chosen:
-        chosen = [m for m in QUICK_FALLBACK if m in known]
-        print(f"none of {', '.join(QUICK_MODELS)} is registered; quick preset uses {', '.join(chosen)}", file=sys.stderr)
-    return chosen
+    return list(QUICK_MODELS)
 
 
 def recipe_override(model: str) -> dict:
@@ -73,11 +69,8 @@ def recipe_override(model: str) -> dict:
     return {}
 
 
-def validate_models(models: list[str], known: list[str]) -> None:
-    unknown = [m for m in models if m not in known]
-    if unknown:
-        raise UsageError(f"unknown model{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                         f"known models: {', '.join(known)}")
+def validate_models(models: list[str]) -> None:
+    require_model(*models)
     twice = sorted({m for m in models if models.count(m) > 1})
     if twice:
         raise UsageError(f"model{'s' if len(twice) > 1 else ''} listed more than once: {', '.join(twice)}")
@@ -150,11 +143,8 @@ def build_parser():
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from robustlab.models import list_models
-
-    known = list_models()
-    models = args.models or default_models(args.preset, known)
-    validate_models(models, known)
+    models = args.models or default_models(args.preset)
+    validate_models(models)
     base = preset(args.preset)
     apply_data_args(args, base.data)
     apply_train_args(args, base.train, base.augment)  # validates the options once, before any run

@@ -16,6 +16,7 @@ from robustlab.corruptions import NOISE_TYPES
 from robustlab.errors import UsageError, cli_entry
 from robustlab.experiment import ExperimentConfig, StrategyConfig
 from robustlab.fileio import write_text
+from robustlab.models import require_model
 from robustlab.schedules import OptimConfig
 from robustlab.strategies.coteaching import remember_rate
 from studies.common import (aggregate, history_rows, output_dirs, plot_curves, run_grid, save_figure, should_tabulate,
@@ -115,9 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         base.strategy.num_gradual = args.num_gradual
     apply_data_args(args, base.data)
     apply_train_args(args, base.train, base.augment)
-    from robustlab.models import list_models
-    if base.model not in list_models():
-        raise UsageError(f"unknown model {base.model!r}; known models: {', '.join(list_models())}")
+    require_model(base.model)
     ctx = context_from_args(args, resume=args.resume)
     arms = build_arms(base, args.noise, args.noise_type, args.coteach, args.smooth, args.seeds or [0])
     runs = run_grid(arms, args, ctx)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from robustlab.cli import apply_data_args, apply_train_args, context_from_args, unit_rate
 from robustlab.errors import UsageError, cli_entry
 from robustlab.experiment import ExperimentConfig
+from robustlab.models import require_model
 from robustlab.schedules import OptimConfig
 from robustlab.train import parse_model_args
 from studies.common import (aggregate, history_rows, output_dirs, plot_curves, run_grid, should_tabulate, study_parser,
@@ -40,9 +41,7 @@ COLUMNS = ["arm", "setting", "test_acc", "test_loss", "test_cost", "test_acc_tta
 KEYS = ["arm", "setting"]
 NORMS = ("bn", "gn", "ln", "in")
 
-# Width keywords tried, in order, to make the VGG-3 of the quick preset narrow.
-NARROW_VGG_KWARGS = ({"widths": [16, 32, 64]}, {"width": 16}, {"base_width": 16}, {"channels": [16, 32, 64]})
-QUICK_FALLBACK = ("small_cnn", {"widths": [16, 32, 64]})
+QUICK_MODEL = ("vgg3", {"widths": [16, 32, 64]})  # a narrow VGG-3: minutes per ablation on a CPU
 
 
 @dataclass
@@ -68,27 +67,13 @@ class Settings:
     reference_epochs: int = 50
 
 
-def quick_model() -> tuple[str, dict]:
-    """A narrow VGG-3 when the registry has one that takes a width keyword, else a narrow small_cnn."""
-    from robustlab.models import create_model, list_models
-
-    if "vgg3" in list_models():
-        for kwargs in NARROW_VGG_KWARGS:
-            try:
-                create_model("vgg3", num_classes=10, **kwargs)
-            except (TypeError, ValueError):
-                continue
-            return "vgg3", dict(kwargs)
-    return QUICK_FALLBACK[0], dict(QUICK_FALLBACK[1])
-
-
 def preset(name: str) -> tuple[ExperimentConfig, Settings]:
     """quick: a narrow net on 2,000 images, a few minutes per ablation on a 2-core CPU.
     paper: VGG-3 on CIFAR-10 (49k train / 1k validation), report 000's recipe: SGD momentum 0.9,
     batch 100, lr 0.001, lambda 0.001, 30 epochs (basic) or 50 epochs (the rest)."""
     cfg = ExperimentConfig()
     if name == "quick":
-        cfg.model, cfg.model_kwargs = quick_model()
+        cfg.model, cfg.model_kwargs = QUICK_MODEL[0], dict(QUICK_MODEL[1])
         cfg.data.train_size, cfg.data.val_size, cfg.data.test_size = 2000, 0, 2000
         s = Settings(lam=2.5e-3, dropout=0.2, cutout=8, smoothing=0.1, basic_epochs=8, epochs=8,
                      arch_dropouts=(0.0, 0.2), arch_lams=(1.25e-3, 2.5e-3), arch_fc_grid=False)
@@ -282,9 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     base, s = preset(args.preset)
     _apply_args(args, base, s)
-    from robustlab.models import list_models
-    if base.model not in list_models():
-        raise UsageError(f"unknown model {base.model!r}; known models: {', '.join(list_models())}")
+    require_model(base.model)
     ablations = ABLATIONS if args.ablation == "all" else (args.ablation,)
     configs = [cfg for a in ablations for cfg in build_arms(a, base, s, args.seeds or [0])]
     check_models(configs)

@@ -35,18 +35,19 @@ import torch
 
 from robustlab.calibration import (apply_temperature, expected_calibration_error, fit_temperature,
                                    negative_log_likelihood, plot_reliability_diagram)
-from robustlab.checkpoint import load_checkpoint
 from robustlab.cli import apply_data_args, apply_train_args, context_from_args, name_list
 from robustlab.corruptions.inputs import MAX_SEVERITY, corrupt, list_input_corruptions
 from robustlab.data.augment import normalize
-from robustlab.errors import UsageError, cli_entry
+from robustlab.errors import UsageError, cli_entry, require
 from robustlab.experiment import Context, DataConfig, ExperimentConfig, prepare_data, resolve_device
 from robustlab.fileio import write_text
-from robustlab.records import read_record
+from robustlab.models import require_model
+from robustlab.runs import load_run_network
 from robustlab.schedules import OptimConfig
 from studies.common import csv_table, output_dirs, run_grid, save_figure, should_tabulate, study_parser, write_table
 
 EVAL_BATCH = 500
+CLASSIFIER_STRATEGIES = ("ce", "coteach")
 PRESET_MODELS = {"quick": ("small_cnn",), "paper": ("resnet18",)}
 EVAL_TEST_SIZE = {"quick": 1000, "paper": None}  # test images evaluated (None: the run's whole test split)
 
@@ -79,34 +80,16 @@ class LoadedRun:
     model: torch.nn.Module
 
 
-def record_for_checkpoint(checkpoint: Path) -> dict:
-    """The record of `<out>/runs/<run_id>/<name>.pt`: `<out>/records/<run_id>.json`."""
-    run_dir = checkpoint.resolve().parent
-    path = run_dir.parent.parent / "records" / f"{run_dir.name}.json"
-    if not path.is_file():
-        raise UsageError(f"no run record for checkpoint {checkpoint} (expected {path}); the record names the "
-                         f"model and the normalization")
-    return read_record(path)
-
-
 def load_run(checkpoint: str | Path, device: torch.device) -> tuple[dict, torch.nn.Module]:
-    """The run record and its network (the strategy's main model), in eval mode on `device`."""
-    from robustlab.models import create_model
-
+    """The run record and its classifier (the strategy's main model), in eval mode on `device`."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise UsageError(f"checkpoint {checkpoint} does not exist")
-    record = record_for_checkpoint(checkpoint)
-    state = load_checkpoint(checkpoint, map_location="cpu")["strategy"]
-    cfg = record["config"]
-    model = create_model(cfg["model"], num_classes=len(record["data"]["classes"]), **cfg.get("model_kwargs", {}))
-    weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise UsageError(f"checkpoint {checkpoint} does not match model {cfg['model']!r} of its record ({first})") from None
-    return record, model.to(device).eval()
+    run = load_run_network(checkpoint)
+    require(run.config.strategy.name in CLASSIFIER_STRATEGIES,
+            f"{checkpoint} is a {run.config.strategy.name!r} run; robustness evaluates classifier runs "
+            f"({', '.join(CLASSIFIER_STRATEGIES)})")
+    return run.record, run.network.to(device).eval()
 
 
 def eval_splits(record: dict, ctx: Context, test_size: int | None):
@@ -238,14 +221,10 @@ def _unique_labels(records: list[dict], checkpoints: list[Path]) -> list[str]:
 
 def _train(args, ctx: Context) -> list[Path] | None:
     """Train (or find) the `--models` runs; returns their checkpoints, or None for a shard-only call."""
-    from robustlab.models import list_models
-
     base = preset(args.preset)
     apply_data_args(args, base.data)
     apply_train_args(args, base.train, base.augment)
-    unknown = [m for m in args.models if m not in list_models()]
-    if unknown:
-        raise UsageError(f"unknown model {', '.join(map(repr, unknown))}; known models: {', '.join(list_models())}")
+    require_model(*args.models)
     configs = []
     for seed in args.seeds or [0]:
         for name in args.models:

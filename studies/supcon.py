@@ -26,6 +26,7 @@ from robustlab.cli import apply_data_args, apply_train_args, context_from_args, 
 from robustlab.errors import UsageError, cli_entry
 from robustlab.experiment import ExperimentConfig, StrategyConfig, prepare_data, resolve_device, run_experiment
 from robustlab.fileio import read_json, write_json
+from robustlab.models import require_model
 from robustlab.records import find_record
 from robustlab.schedules import OptimConfig
 from robustlab.strategies.supcon import HEADS
@@ -138,7 +139,8 @@ def embedding_scores(run_id: str, out: Path, ctx, bank_size: int, tsne_points: i
         return read_json(cache)
     import numpy as np
 
-    from robustlab.embed import load_run_network, split_features
+    from robustlab.embed import split_features
+    from robustlab.runs import load_run_network
     from robustlab.embeddings import embedding_report, project_2d, sample_indices
 
     run = load_run_network(out / "runs" / run_id / "last.pt")
@@ -238,9 +240,7 @@ def configure(args) -> tuple[Presets, list[str]]:
     t.amp, t.compile = p.ce.train.amp, p.ce.train.compile
     if args.temperature:
         p.pretrain.strategy.options["temperature"] = args.temperature
-    from robustlab.models import list_models
-    if p.ce.model not in list_models():
-        raise UsageError(f"unknown model {p.ce.model!r}; known models: {', '.join(list_models())}")
+    require_model(p.ce.model)
     return p, heads
 
 

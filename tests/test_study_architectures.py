@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import pytest
 
 from robustlab.models import create_model
 from studies import architectures
@@ -103,8 +102,7 @@ def test_paper_preset_recipe():
 def test_quick_preset_models():
     from robustlab.models import list_models
 
-    assert architectures.default_models("quick", list_models()) == ["vgg1", "vgg3_gap", "resnet_cifar"]
-    assert architectures.default_models("quick", ["small_cnn", "tiny_cnn"]) == ["tiny_cnn", "small_cnn"]
+    assert architectures.default_models("quick") == ["vgg1", "vgg3_gap", "resnet_cifar"]
     args = architectures.build_parser().parse_args([])
     arms = {c.model: c for c in architectures.build_arms(architectures.preset("quick"), ["resnet_cifar", "vgg1"], [0], args)}
     assert arms["resnet_cifar"].model_kwargs and not arms["vgg1"].model_kwargs

@@ -1,5 +1,5 @@
 """Model registry: `create_model(name, num_classes, **kwargs)` and `list_models()`."""
-from robustlab.models.registry import create_model, list_models, register_model
+from robustlab.models.registry import create_model, list_models, register_model, require_model
 
 # Importing a family module registers its models.
 from robustlab.models import (  # noqa: F401,E402
@@ -14,4 +14,4 @@ from robustlab.models import (  # noqa: F401,E402
     vit,
 )
 
-__all__ = ["create_model", "list_models", "register_model"]
+__all__ = ["create_model", "list_models", "register_model", "require_model"]

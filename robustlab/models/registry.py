@@ -27,10 +27,16 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def require_model(*names: str) -> None:
+    """UsageError naming the known models unless every name is registered."""
+    unknown = [n for n in names if n not in _MODELS]
+    if unknown:
+        raise UsageError(f"unknown model {', '.join(map(repr, unknown))}; known models: {', '.join(list_models())}")
+
+
 def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
     """Build a registered model. Every model has forward_features/forward_head/num_features."""
-    if name not in _MODELS:
-        raise UsageError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    require_model(name)
     if num_classes < 1:
         raise UsageError(f"num_classes must be >= 1, got {num_classes}")
     try:
