@@ -188,8 +188,9 @@ def history_rows(runs: list[Run], label: Callable[[Run], str]) -> list[dict]:
 
 
 def plot_curves(rows: list[dict], y: str, path_stem: str, dirs: Iterable[str | Path], ylabel: str | None = None,
-                title: str | None = None, hue: str = "arm") -> list[Path]:
-    """Line plot of `y` per epoch, one line per `hue` value (mean over seeds with a band)."""
+                title: str | None = None, hue: str = "arm", reference: tuple[float | None, str] | None = None) -> list[Path]:
+    """Line plot of `y` per epoch, one line per `hue` value (mean over seeds with a band);
+    `reference` = (value, label) adds a dashed horizontal line."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -201,6 +202,9 @@ def plot_curves(rows: list[dict], y: str, path_stem: str, dirs: Iterable[str | P
         return []
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     sns.lineplot(data=frame, x="epoch", y=y, hue=hue, marker="o", markersize=3, errorbar="sd", ax=ax)
+    if reference and reference[0] is not None:
+        ax.axhline(reference[0], color="grey", linestyle="--", label=reference[1])
+        ax.legend()
     ax.set_ylabel(ylabel or y)
     if title:
         ax.set_title(title)

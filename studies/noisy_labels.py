@@ -142,8 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     plot_curves(hist, "test_acc", "test_acc", dirs, "test accuracy", "Test accuracy per epoch")
     coteach = [h for h in hist if h["arm"] == "noisy_coteach"]
     if coteach:
+        clean_fraction = 1 - noisy[0].record["noise"]["realized_rate"] if noisy else None
         plot_curves(coteach, "label_precision", "label_precision", dirs, "label precision",
-                    "Co-Teaching: clean fraction of the kept samples")
+                    "Co-Teaching: clean fraction of the kept samples",
+                    reference=(clean_fraction, "clean fraction of the noisy labels"))
         plot_schedule(args.noise, base.strategy.num_gradual, base.train.epochs, dirs)
     return 0
 
