@@ -99,6 +99,7 @@ def build_parser():
     g.add_argument("--noise-type", choices=NOISE_TYPES, default="symmetric")
     g.add_argument("--coteach", action="store_true", help="add the Co-Teaching arm")
     g.add_argument("--smooth", type=unit_rate, default=None, metavar="EPS", help="add a label-smoothing arm")
+    g.add_argument("--noisy-val", action="store_true", help="corrupt the validation labels too (default: clean)")
     g.add_argument("--model", default=None, help="override the preset's model")
     g.add_argument("--num-gradual", type=positive_int, default=None, help="Co-Teaching: epochs to reach the full forget rate")
     return p
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         base.model = args.model
     if args.num_gradual:
         base.strategy.num_gradual = args.num_gradual
+    base.data.noisy_val = args.noisy_val
     apply_data_args(args, base.data)
     apply_train_args(args, base.train, base.augment)
     require_model(base.model)

@@ -2,6 +2,7 @@
 import csv
 
 import pytest
+import torch
 
 from studies import noisy_labels
 
@@ -59,3 +60,18 @@ def test_bad_arguments_exit_2(argv, tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error" in err[0]
+
+
+def test_validation_is_clean_unless_noisy_val(cifar10, cifar10_dir, session_cache_dir):
+    from robustlab.experiment import Context, DataConfig, prepare_data
+
+    ctx = Context(data_dir=str(cifar10_dir), cache_dir=str(session_cache_dir))
+    cfg = DataConfig(train_size=2000, val_size=1000, test_size=500, noise_rate=0.4)
+    clean_val = prepare_data(cfg, 0, ctx).splits.val.labels
+    data = prepare_data(cfg, 0, ctx)
+    assert (data.splits.train.labels != data.clean_train_labels).float().mean().item() > 0.3
+    assert torch.equal(data.splits.val.labels, clean_val)
+    cfg.noisy_val = True
+    noisy_val = prepare_data(cfg, 0, ctx).splits.val.labels
+    assert 0.3 < (noisy_val != clean_val).float().mean().item() < 0.5
+    assert torch.equal(prepare_data(cfg, 0, ctx).splits.test.labels, data.splits.test.labels)  # test stays clean
