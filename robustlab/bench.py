@@ -102,8 +102,8 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=None)
     args = p.parse_args(argv)
     device = resolve_device(args.device)
+    model = create_model(args.model, num_classes=10).to(device)  # a bad name fails before data loads
     images, labels, source = _images(args)
-    model = create_model(args.model, num_classes=10).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     amp = not args.no_amp
