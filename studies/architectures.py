@@ -16,8 +16,7 @@ from robustlab.cli import apply_data_args, apply_train_args, context_from_args, 
 from robustlab.errors import UsageError, cli_entry
 from robustlab.experiment import ExperimentConfig
 from robustlab.models import require_model
-from robustlab.schedules import OptimConfig
-from studies.common import (aggregate, history_rows, output_dirs, plot_curves, run_grid, should_tabulate, study_parser,
+from studies.common import (aggregate, sgd_recipe, history_rows, output_dirs, plot_curves, run_grid, should_tabulate, study_parser,
                             write_table)
 
 COLUMNS = ["model", "params", "test_acc_last", "test_acc_best", "test_loss", "test_acc_tta", "test_ece",
@@ -40,20 +39,7 @@ RECIPE_OVERRIDES = {
 
 def preset(name: str) -> ExperimentConfig:
     """quick: 4,000 images, 12 epochs, minutes on a 2-core CPU. paper: 45k/5k CIFAR-10, 100 epochs on a GPU."""
-    cfg = ExperimentConfig()
-    if name == "quick":
-        cfg.data.train_size, cfg.data.val_size, cfg.data.test_size = 4000, 500, 2000
-        cfg.train.epochs, cfg.train.batch_size = 12, 128
-        cfg.train.optim = OptimConfig(optimizer="sgd", lr=0.05, weight_decay=5e-4, schedule="warmup_cosine",
-                                      warmup_epochs=1)
-    else:
-        cfg.data.val_size = 5000
-        cfg.train.epochs, cfg.train.batch_size = 100, 128
-        cfg.train.optim = OptimConfig(optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
-                                      schedule="warmup_cosine", warmup_epochs=2)
-    cfg.augment.crop_pad, cfg.augment.flip = 4, True
-    cfg.train.tta = "flip"
-    return cfg
+    return sgd_recipe(name, quick_train=4000, quick_test=2000, quick_epochs=12)
 
 
 def default_models(preset_name: str) -> list[str]:

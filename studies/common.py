@@ -21,6 +21,7 @@ from robustlab.errors import UsageError
 from robustlab.experiment import Context, ExperimentConfig, run_experiment
 from robustlab.fileio import write_text
 from robustlab.records import find_record
+from robustlab.schedules import OptimConfig
 
 PRESETS = ("quick", "paper")
 
@@ -40,6 +41,26 @@ def study_parser(name: str, description: str, dataset: str = "cifar10", smoothin
     add_train_args(p, smoothing=smoothing)
     add_context_args(p, default_out=f"results/{name}")
     return p
+
+
+def sgd_recipe(preset: str, quick_train: int, quick_test: int, quick_epochs: int) -> ExperimentConfig:
+    """The standard CIFAR recipe: SGD nesterov, warm-up + cosine, crop + flip, flip TTA.
+
+    quick: a class-balanced subset, lr 0.05, a few epochs; paper: 45k/5k split, lr 0.1, 100 epochs.
+    """
+    cfg = ExperimentConfig()
+    if preset == "quick":
+        cfg.data.train_size, cfg.data.val_size, cfg.data.test_size = quick_train, 500, quick_test
+        cfg.train.epochs, lr, warmup = quick_epochs, 0.05, 1
+    else:
+        cfg.data.val_size = 5000
+        cfg.train.epochs, lr, warmup = 100, 0.1, 2
+    cfg.train.batch_size = 128
+    cfg.train.optim = OptimConfig(optimizer="sgd", lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                                  schedule="warmup_cosine", warmup_epochs=warmup)
+    cfg.augment.crop_pad, cfg.augment.flip = 4, True
+    cfg.train.tta = "flip"
+    return cfg
 
 
 def parse_shard(text: str) -> tuple[int, int]:

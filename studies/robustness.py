@@ -43,8 +43,8 @@ from robustlab.experiment import Context, DataConfig, ExperimentConfig, prepare_
 from robustlab.fileio import write_text
 from robustlab.models import require_model
 from robustlab.runs import load_run_network
-from robustlab.schedules import OptimConfig
-from studies.common import csv_table, output_dirs, run_grid, save_figure, should_tabulate, study_parser, write_table
+from studies.common import (csv_table, output_dirs, run_grid, save_figure, sgd_recipe, should_tabulate, study_parser,
+                            write_table)
 
 EVAL_BATCH = 500
 CLASSIFIER_STRATEGIES = ("ce", "coteach")
@@ -55,18 +55,7 @@ EVAL_TEST_SIZE = {"quick": 1000, "paper": None}  # test images evaluated (None: 
 def preset(name: str) -> ExperimentConfig:
     """Training recipe for `--models`. quick: 2,000 images, 10 epochs, minutes on a 2-core CPU.
     paper: 45k/5k CIFAR-10, 100 epochs of SGD with warm-up + cosine."""
-    cfg = ExperimentConfig()
-    if name == "quick":
-        cfg.data.train_size, cfg.data.val_size, cfg.data.test_size = 2000, 500, 1000
-        cfg.train.epochs, cfg.train.batch_size = 10, 128
-        cfg.train.optim = OptimConfig(optimizer="sgd", lr=0.05, weight_decay=5e-4, schedule="warmup_cosine",
-                                      warmup_epochs=1)
-    else:
-        cfg.data.val_size = 5000
-        cfg.train.epochs, cfg.train.batch_size = 100, 128
-        cfg.train.optim = OptimConfig(optimizer="sgd", lr=0.1, weight_decay=5e-4, schedule="warmup_cosine",
-                                      warmup_epochs=2)
-    cfg.augment.crop_pad, cfg.augment.flip = 4, True
+    cfg = sgd_recipe(name, quick_train=2000, quick_test=1000, quick_epochs=10)
     cfg.train.tta = "none"
     return cfg
 
