@@ -5,6 +5,7 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from robustlab.data.augment import PAD_MODES, AugmentConfig
@@ -166,9 +167,9 @@ def context_from_args(args, resume: bool = False) -> Context:
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        # A uniquely named probe: several processes (ranks, shards) may check the same folder at once.
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
     except OSError as exc:
         raise UsageError(f"output directory {out} is not writable ({exc.strerror or exc})") from None
     if args.deterministic:
