@@ -8,7 +8,7 @@ from torch import nn
 
 from robustlab.models.base import Classifier
 from robustlab.models.checks import check_int_list, check_norm, check_rate
-from robustlab.models.heads import linear_head
+from robustlab.models.heads import linear_head, residual_stages
 from robustlab.models.layers import norm_layer
 from robustlab.models.registry import register_model
 
@@ -59,14 +59,7 @@ class PreActResNet(Classifier):
         dropout = check_rate("dropout", dropout)
         c = widths[0]
         self.stem = nn.Sequential(nn.Conv2d(in_chans, c, 3, padding=1, bias=False), norm_layer(norm, c), nn.ReLU())
-        stages = []
-        for i, (w, d) in enumerate(zip(widths, depths)):
-            blocks = []
-            for j in range(d):
-                blocks.append(PreActBlock(c, w, 2 if i > 0 and j == 0 else 1, norm))
-                c = w
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.Sequential(*stages)
+        self.stages, c = residual_stages(c, widths, depths, lambda cin, cout, stride: PreActBlock(cin, cout, stride, norm))
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.num_features = c
         self.head = linear_head(c, num_classes, dropout)

@@ -15,7 +15,7 @@ from torch import nn
 from robustlab.errors import require
 from robustlab.models.base import Classifier
 from robustlab.models.checks import check_int_list, check_norm, check_positive, check_rate
-from robustlab.models.heads import linear_head
+from robustlab.models.heads import linear_head, residual_stages
 from robustlab.models.layers import norm_layer
 from robustlab.models.registry import register_model
 
@@ -97,15 +97,9 @@ class ResNet(Classifier):
             norm_layer(norm, stem_width),
             nn.ReLU(inplace=True),
         )
-        stages, c = [], stem_width
-        for i, (w, d) in enumerate(zip(widths, depths)):
-            blocks = []
-            for j in range(d):
-                stride = 2 if i > 0 and j == 0 else 1
-                blocks.append(BasicBlock(c, w, stride, norm, se_reduction, block_dropout, conv_bias))
-                c = w
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.Sequential(*stages)
+        self.stages, c = residual_stages(
+            stem_width, widths, depths,
+            lambda cin, cout, stride: BasicBlock(cin, cout, stride, norm, se_reduction, block_dropout, conv_bias))
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.num_features = c
         self.head = linear_head(c, num_classes, dropout)

@@ -6,6 +6,7 @@ from torch import nn
 
 from robustlab.models.base import Classifier
 from robustlab.models.checks import check_int_list, check_rate
+from robustlab.models.heads import linear_head
 from robustlab.models.layers import norm_layer
 from robustlab.models.registry import register_model
 
@@ -24,7 +25,7 @@ class SmallCNN(Classifier):
         self.features = nn.Sequential(*layers)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.num_features = c
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(c, num_classes)) if dropout else nn.Linear(c, num_classes)
+        self.head = linear_head(c, num_classes, dropout)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.features(x))
