@@ -63,8 +63,11 @@ def _log(msg: str, quiet: bool) -> None:
 
 def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, test_loader=None,
         run_dir: str | Path | None = None, resume: str | Path | None = None, quiet: bool = False,
-        num_classes: int | None = None) -> FitResult:
+        num_classes: int | None = None, train_pass_loader=None) -> FitResult:
     """Train `strategy` and return its history and final test metrics.
+
+    `train_pass_loader` (the whole training set, unaugmented) is handed to the strategy's
+    `on_train_pass` before every epoch when the strategy sets `needs_train_pass`.
 
     `resume` is a checkpoint path; training continues after its last finished epoch and, on CPU
     with a fixed seed, ends with exactly the weights of an uninterrupted run.
@@ -119,7 +122,7 @@ def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, tes
         t0 = time.perf_counter()
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         row.update(_train_epoch(strategy, train_module, train_loader, optimizer, scheduler if per_step else None,
-                                cfg, epoch, autocast, quiet, run_dir))
+                                cfg, epoch, autocast, quiet, run_dir, train_pass_loader))
         seconds = time.perf_counter() - t0
         row.update(seconds=seconds, images_per_s=row.pop("_samples") / seconds)
         elapsed += seconds
@@ -184,8 +187,15 @@ def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, tes
     return FitResult(history, metrics, best, elapsed, stopped_early)
 
 
-def _train_epoch(strategy, train_module, loader, optimizer, scheduler, cfg, epoch, autocast, quiet, run_dir) -> dict:
+def _train_epoch(strategy, train_module, loader, optimizer, scheduler, cfg, epoch, autocast, quiet, run_dir,
+                 train_pass_loader=None) -> dict:
     """One epoch; `train_module` is the strategy itself or its DDP wrapper (forward = train_step)."""
+    if strategy.needs_train_pass:
+        require(train_pass_loader is not None, f"strategy {strategy.name!r} needs a pass over the training set "
+                                               "each epoch: give fit() a train_pass_loader")
+        strategy.eval()
+        with torch.no_grad(), autocast() if autocast else contextlib.nullcontext():
+            strategy.on_train_pass(epoch, train_pass_loader)
     strategy.train()
     strategy.on_epoch_start(epoch, cfg.epochs)
     loader.set_epoch(epoch)

@@ -9,17 +9,20 @@ import functools
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from robustlab import distributed
 from robustlab.data import AugmentConfig, BatchAugment, DeviceLoader, Normalize, load_dataset, make_splits
+from robustlab.data.augment import MultiView
 from robustlab.data.splits import DataSplits
 from robustlab.engine import FitResult, TrainConfig, fit
 from robustlab.errors import UsageError, require
 from robustlab.models import create_model
 from robustlab.records import config_hash, environment, find_record, write_record
+
+
+EVAL_BATCH_SIZE = 512  # evaluation needs no gradients: large batches, fewer steps
 
 
 @dataclass
@@ -35,12 +38,12 @@ class DataConfig:
 
 @dataclass
 class StrategyConfig:
-    name: str = "ce"                # a key of STRATEGIES
-    smoothing: float = 0.0          # ce: label smoothing epsilon
-    forget_rate: float | None = None  # coteach: tau; None = the noise rate
-    num_gradual: int = 10           # coteach: epochs to reach tau
-    exponent: float = 1.0           # coteach: shape of the R(T) ramp
-    options: dict = field(default_factory=dict)  # extra keyword arguments for other strategies
+    name: str = "ce"                # a registered strategy (`robustlab.strategies.list_strategies()`)
+    options: dict = field(default_factory=dict)  # its Config's fields, validated by the registry
+
+    def validate(self) -> None:
+        from robustlab.strategies import make_config
+        make_config(self.name, self.options)
 
 
 @dataclass
@@ -132,7 +135,7 @@ def make_loaders(splits: DataSplits, train_cfg: TrainConfig, train_augment, seed
     require(train_cfg.batch_size % info.world_size == 0,
             f"batch size {train_cfg.batch_size} is not divisible by the {info.world_size} processes")
     norm = Normalize(splits.mean, splits.std)
-    eval_bs = max(train_cfg.batch_size, 512)
+    eval_bs = max(train_cfg.batch_size, EVAL_BATCH_SIZE)
     train = DeviceLoader(splits.train.images, splits.train.labels, train_cfg.batch_size // info.world_size,
                          train_augment, shuffle=True, seed=seed, device=device, rank=info.rank,
                          world_size=info.world_size)
@@ -141,104 +144,29 @@ def make_loaders(splits: DataSplits, train_cfg: TrainConfig, train_augment, seed
     return train, val, test
 
 
-# Strategy factories: (config, model factory, prepared data, device) -> Strategy
-StrategyFactory = Callable[..., torch.nn.Module]
-
-
-def _ce(cfg: ExperimentConfig, new_model, data: PreparedData, device):
-    from robustlab.strategies import CrossEntropy
-    return CrossEntropy(new_model(), smoothing=cfg.strategy.smoothing)
-
-
-def _coteach(cfg: ExperimentConfig, new_model, data: PreparedData, device):
-    from robustlab.strategies.coteaching import CoTeaching
-    s = cfg.strategy
-    forget = s.forget_rate if s.forget_rate is not None else cfg.data.noise_rate
-    return CoTeaching(new_model(), new_model(), forget_rate=forget, num_gradual=s.num_gradual, exponent=s.exponent,
-                      clean_labels=data.clean_train_labels.to(device), **s.options)
-
-
-def _supcon_pretrain(cfg: ExperimentConfig, new_model, data: PreparedData, device):
-    """Stage 1 of SupCon. options: temperature (0.1), proj_dim (128), min_crop_scale (0.2, of SupConViews)."""
-    from robustlab.strategies.supcon import SupConPretrain
-    opts = _check_options(cfg, {"temperature", "proj_dim", "min_crop_scale"})
-    return SupConPretrain(new_model(), temperature=float(opts.get("temperature", 0.1)),
-                          proj_dim=int(opts.get("proj_dim", 128)),
-                          distributed=distributed.current().enabled)  # gather embeddings across ranks
-
-
-def _supcon_probe(cfg: ExperimentConfig, new_model, data: PreparedData, device, results_dir: Path | None = None):
-    """Stage 2 of SupCon: a new head on the encoder of another run.
-
-    options: encoder_run (a run id in the same results directory, usually a `supcon_pretrain`
-    run) or encoder_checkpoint (a checkpoint path); head (mlp | linear | finetune, default mlp);
-    hidden (width of the mlp head, default 256).
-    """
-    from robustlab.checkpoint import load_checkpoint
-    from robustlab.records import find_record
-    from robustlab.strategies.supcon import FrozenEncoderClassifier, load_encoder_weights
-    opts = _check_options(cfg, {"encoder_run", "encoder_checkpoint", "head", "hidden"})
-    require(("encoder_run" in opts) != ("encoder_checkpoint" in opts),
-            "supcon_probe needs exactly one of the options encoder_run (a run id) or encoder_checkpoint (a path)")
-    if "encoder_run" in opts:
-        run_id = str(opts["encoder_run"])
-        require(results_dir is not None, "supcon_probe with encoder_run needs the results directory of that run")
-        record = find_record(results_dir, run_id)
-        if record is None:
-            raise UsageError(f"encoder run {run_id} has no record in {results_dir}; run its pretraining first")
-        enc = record["config"]
-        require(enc.get("model") == cfg.model and (enc.get("model_kwargs") or {}) == cfg.model_kwargs,
-                f"encoder run {run_id} trained model {enc.get('model')!r} {enc.get('model_kwargs') or {}}, "
-                f"but this run uses {cfg.model!r} {cfg.model_kwargs}")
-        require(enc.get("data", {}).get("dataset") == cfg.data.dataset,
-                f"encoder run {run_id} trained on {enc.get('data', {}).get('dataset')!r}, this run uses {cfg.data.dataset!r}")
-        checkpoint = Path(results_dir) / "runs" / run_id / "last.pt"
-    else:
-        checkpoint = Path(opts["encoder_checkpoint"])
-    encoder = new_model()
-    load_encoder_weights(encoder, load_checkpoint(checkpoint)["strategy"], source=f"encoder checkpoint {checkpoint}")
-    return FrozenEncoderClassifier(encoder, data.splits.num_classes, head=str(opts.get("head", "mlp")),
-                                   hidden=int(opts.get("hidden", 256)))
-
-
-def _check_options(cfg: ExperimentConfig, known: set[str]) -> dict:
-    unknown = sorted(set(cfg.strategy.options) - known)
-    require(not unknown, f"unknown option(s) {', '.join(unknown)} for strategy {cfg.strategy.name!r}; "
-                         f"known: {', '.join(sorted(known))}")
-    return cfg.strategy.options
-
-
-STRATEGIES: dict[str, StrategyFactory] = {"ce": _ce, "coteach": _coteach}
-STRATEGIES.update(supcon_pretrain=_supcon_pretrain, supcon_probe=_supcon_probe)
-# Factories that read other runs (e.g. a pretrained encoder) also get `results_dir=`.
-NEEDS_RESULTS_DIR = {"supcon_probe"}
-
-
-def _supcon_views(cfg: ExperimentConfig, splits: DataSplits):
-    from robustlab.strategies.supcon import SupConViews
-    scale = float(cfg.strategy.options.get("min_crop_scale", 0.2))
-    require(0 < scale <= 1, f"min_crop_scale must be in (0, 1], got {scale}")
-    return SupConViews(splits.mean, splits.std, size=splits.train.images.shape[-1], scale=(scale, 1.0))
-
-
-# Strategies whose training batches need their own augmentation: name -> (config, splits) -> augment.
-TRAIN_AUGMENTS: dict[str, Callable] = {"supcon_pretrain": _supcon_views}
-
-
-def default_train_augment(cfg: ExperimentConfig, splits: DataSplits):
-    """The strategy's own train augmentation if it has one, else BatchAugment(cfg.augment)."""
-    make = TRAIN_AUGMENTS.get(cfg.strategy.name)
-    return make(cfg, splits) if make else BatchAugment(cfg.augment, splits.mean, splits.std)
-
-
 def build_strategy(cfg: ExperimentConfig, data: PreparedData, device, results_dir: str | Path | None = None):
-    if cfg.strategy.name not in STRATEGIES:
-        raise UsageError(f"unknown strategy {cfg.strategy.name!r}; known: {', '.join(sorted(STRATEGIES))}")
+    """The run's strategy from the registry, with networks from the model registry."""
+    from robustlab.strategies import BuildContext, create_strategy
+
     num_classes = data.splits.num_classes
-    new_model = lambda: create_model(cfg.model, num_classes=num_classes, **cfg.model_kwargs)  # noqa: E731
-    if cfg.strategy.name in NEEDS_RESULTS_DIR:
-        return STRATEGIES[cfg.strategy.name](cfg, new_model, data, device, results_dir=results_dir)
-    return STRATEGIES[cfg.strategy.name](cfg, new_model, data, device)
+    ctx = BuildContext(
+        new_model=lambda: create_model(cfg.model, num_classes=num_classes, **cfg.model_kwargs),
+        num_classes=num_classes, num_train=len(data.splits.train),
+        noise_rate=(data.noise or {}).get("realized_rate", 0.0),
+        clean_train_labels=data.clean_train_labels.to(device),
+        results_dir=Path(results_dir) if results_dir is not None else None, experiment=cfg,
+        distributed=distributed.current().enabled)
+    return create_strategy(cfg.strategy.name, context=ctx, **cfg.strategy.options)
+
+
+def default_train_augment(cfg: ExperimentConfig, splits: DataSplits, strategy=None):
+    """BatchAugment(cfg.augment), repeated to the strategy's views, or the strategy's own augmentation."""
+    augment = BatchAugment(cfg.augment, splits.mean, splits.std)
+    if strategy is None:
+        return augment
+    if strategy.views > 1:
+        augment = MultiView(augment, strategy.views)
+    return strategy.train_augment(augment, splits)
 
 
 def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, ctx: Context | None = None,
@@ -254,8 +182,12 @@ def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, ctx: Context 
     torch.manual_seed(cfg.seed)
     data = prepare_data(cfg.data, cfg.seed, ctx)
     strategy = build_strategy(cfg, data, device, results_dir)
-    augment = train_augment or default_train_augment(cfg, data.splits)
+    augment = train_augment or default_train_augment(cfg, data.splits, strategy)
     train_loader, val_loader, test_loader = make_loaders(data.splits, cfg.train, augment, cfg.seed, device)
+    train_pass = None
+    if strategy.needs_train_pass:  # the whole noisy training set, unaugmented, in dataset order
+        train_pass = DeviceLoader(data.splits.train.images, data.splits.train.labels, EVAL_BATCH_SIZE,
+                                  Normalize(data.splits.mean, data.splits.std), shuffle=False, device=device)
     if not getattr(strategy, "classifies", True):
         val_loader = test_loader = None  # e.g. contrastive pretraining: accuracies would be meaningless
     run_dir = results_dir / "runs" / cfg.run_id
@@ -266,9 +198,10 @@ def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, ctx: Context 
         resume = last if ctx.resume and last.exists() else None
     t0 = time.time()
     result: FitResult = fit(strategy, train_loader, cfg.train, val_loader, test_loader, run_dir=run_dir,
-                            resume=resume, quiet=ctx.quiet, num_classes=data.splits.num_classes)
+                            resume=resume, quiet=ctx.quiet, num_classes=data.splits.num_classes,
+                            train_pass_loader=train_pass)
     record = {
-        "run_id": cfg.run_id, "config": cfg.key(), "metrics": result.metrics, "best": result.best,
+        "run_id": cfg.run_id, "config": cfg.key(), "strategy_options": strategy.options(), "metrics": result.metrics, "best": result.best,
         "history": result.history, "noise": data.noise, "stopped_early": result.stopped_early,
         "num_params": sum(p.numel() for p in strategy.model.parameters()),
         "data": {"train": len(data.splits.train), "val": len(data.splits.val) if data.splits.val else 0,

@@ -12,12 +12,12 @@ from robustlab.experiment import ExperimentConfig, StrategyConfig, run_experimen
 from robustlab.records import record_path
 
 
-def parse_model_args(pairs: list[str]) -> dict:
+def parse_model_args(pairs: list[str], option: str = "--model-arg") -> dict:
     """KEY=VALUE pairs; values are parsed as JSON when possible (numbers, true/false), else strings."""
     kwargs = {}
     for pair in pairs:
         if "=" not in pair:
-            raise UsageError(f"--model-arg expects KEY=VALUE, got {pair!r}")
+            raise UsageError(f"{option} expects KEY=VALUE, got {pair!r}")
         key, value = pair.split("=", 1)
         try:
             kwargs[key] = json.loads(value)
@@ -31,7 +31,10 @@ def build_parser() -> Parser:
     p.add_argument("--model", default="small_cnn", help="a name from `python -m robustlab.models --list`")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra model keyword, e.g. norm=gn or dropout=0.2 (repeatable)")
-    p.add_argument("--strategy", choices=("ce", "coteach"), default="ce")
+    p.add_argument("--strategy", default="ce", help="a registered strategy (see --list-strategies)")
+    p.add_argument("--strategy-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a strategy option, e.g. forget_rate=0.2 (repeatable)")
+    p.add_argument("--list-strategies", action="store_true", help="print the strategies and their options, then exit")
     p.add_argument("--noise-rate", type=unit_rate, default=0.0, help="fraction of corrupted training labels")
     p.add_argument("--noise-type", default="symmetric", help="symmetric | uniform | pair | asymmetric")
     p.add_argument("--seed", type=nonneg_int, default=0)
@@ -46,14 +49,20 @@ def build_parser() -> Parser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.list_strategies:
+        from robustlab.strategies.registry import strategy_help
+        print(strategy_help())
+        return 0
+    options = parse_model_args(args.strategy_arg, "--strategy-arg")
+    if args.label_smoothing:
+        options["smoothing"] = args.label_smoothing
     cfg = ExperimentConfig(model=args.model, model_kwargs=parse_model_args(args.model_arg), seed=args.seed,
-                           strategy=StrategyConfig(name=args.strategy, smoothing=args.label_smoothing or 0.0))
+                           strategy=StrategyConfig(name=args.strategy, options=options))
+    cfg.strategy.validate()  # unknown name or option: one line listing what exists
     cfg.train.epochs = 10
     cfg.data.noise_rate, cfg.data.noise_type = args.noise_rate, args.noise_type
     apply_data_args(args, cfg.data)
     apply_train_args(args, cfg.train, cfg.augment)
-    if args.strategy == "coteach" and args.noise_rate == 0:
-        raise UsageError("--strategy coteach needs label noise (--noise-rate > 0)")
     from robustlab.models import create_model
     create_model(args.model, **cfg.model_kwargs)  # a bad name or option fails before any data is decoded
     info = distributed.init_from_env(args.device)

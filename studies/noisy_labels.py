@@ -35,14 +35,14 @@ def preset(name: str) -> ExperimentConfig:
         cfg.train.epochs, cfg.train.batch_size = 20, 128
         cfg.train.optim = OptimConfig(optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="constant")
         cfg.augment.crop_pad = 0  # flip only: lets plain CE memorize the noise within the budget
-        cfg.strategy.num_gradual = 5
+        cfg.strategy.options["num_gradual"] = 5
     else:
         cfg.model = "preact_resnet18"
         cfg.data.val_size = 5000
         cfg.train.epochs, cfg.train.batch_size = 100, 128
         cfg.train.optim = OptimConfig(optimizer="sgd", lr=0.02, weight_decay=5e-4, schedule="warmup_cosine",
                                       warmup_epochs=2)
-        cfg.strategy.num_gradual = 10
+        cfg.strategy.options["num_gradual"] = 10
     cfg.train.tta = "none"
     return cfg
 
@@ -58,13 +58,13 @@ def build_arms(base: ExperimentConfig, noise: float, noise_type: str, coteach: b
             cfg.strategy = strategy
             return cfg
 
-        gradual = base.strategy.num_gradual
+        gradual = base.strategy.options["num_gradual"]
         arms.append(arm("clean_ce", 0.0, StrategyConfig("ce")))
         arms.append(arm("noisy_ce", noise, StrategyConfig("ce")))
         if smooth:
-            arms.append(arm("noisy_ls", noise, StrategyConfig("ce", smoothing=smooth)))
+            arms.append(arm("noisy_ls", noise, StrategyConfig("ce", {"smoothing": smooth})))
         if coteach:
-            arms.append(arm("noisy_coteach", noise, StrategyConfig("coteach", num_gradual=gradual)))
+            arms.append(arm("noisy_coteach", noise, StrategyConfig("coteach", {"num_gradual": gradual})))
     return arms
 
 
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model:
         base.model = args.model
     if args.num_gradual:
-        base.strategy.num_gradual = args.num_gradual
+        base.strategy.options["num_gradual"] = args.num_gradual
     base.data.noisy_val = args.noisy_val
     apply_data_args(args, base.data)
     apply_train_args(args, base.train, base.augment)
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_curves(coteach, "label_precision", "label_precision", dirs, "label precision",
                     "Co-Teaching: clean fraction of the kept samples",
                     reference=(clean_fraction, "clean fraction of the noisy labels"))
-        plot_schedule(args.noise, base.strategy.num_gradual, base.train.epochs, dirs)
+        plot_schedule(args.noise, base.strategy.options["num_gradual"], base.train.epochs, dirs)
     return 0
 
 

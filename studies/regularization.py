@@ -135,7 +135,7 @@ def build_arms(ablation: str, base: ExperimentConfig, s: Settings, seeds: list[i
             arm("basic_cutout", lam=lam, dropout=p, epochs=s.epochs)
             out[-1].augment.cutout = s.cutout
             arm("basic_smoothing", lam=lam, dropout=p, epochs=s.epochs)
-            out[-1].strategy.smoothing = s.smoothing
+            out[-1].strategy.options["smoothing"] = s.smoothing
         elif ablation == "schedule":
             out.extend(_schedule_arms(base, s, seed))
         elif ablation == "arch":
@@ -193,8 +193,9 @@ def describe(cfg: ExperimentConfig) -> str:
     aug = "+".join([*(["flip"] if a.flip else []), *([f"crop{a.crop_pad}"] if a.crop_pad else []),
                     *([f"cutout{a.cutout}"] if a.cutout else [])]) or "none"
     parts = [f"lambda={o.weight_decay / 2:g}", f"dropout={kw.get('dropout', 0):g}", f"aug={aug}"]
-    if cfg.strategy.smoothing:
-        parts.append(f"smoothing={cfg.strategy.smoothing:g}")
+    smoothing = cfg.strategy.options.get("smoothing", 0)
+    if smoothing:
+        parts.append(f"smoothing={smoothing:g}")
     sched = o.schedule
     if sched == "cosine_restarts":
         sched += f"(T0={o.t0},Tmult={o.t_mult})"

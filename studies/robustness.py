@@ -47,7 +47,6 @@ from studies.common import (csv_table, output_dirs, run_grid, save_figure, sgd_r
                             write_table)
 
 EVAL_BATCH = 500
-CLASSIFIER_STRATEGIES = ("ce", "coteach")
 PRESET_MODELS = {"quick": ("small_cnn",), "paper": ("resnet18",)}
 EVAL_TEST_SIZE = {"quick": 1000, "paper": None}  # test images evaluated (None: the run's whole test split)
 
@@ -75,9 +74,10 @@ def load_run(checkpoint: str | Path, device: torch.device) -> tuple[dict, torch.
     if not checkpoint.is_file():
         raise UsageError(f"checkpoint {checkpoint} does not exist")
     run = load_run_network(checkpoint)
-    require(run.config.strategy.name in CLASSIFIER_STRATEGIES,
-            f"{checkpoint} is a {run.config.strategy.name!r} run; robustness evaluates classifier runs "
-            f"({', '.join(CLASSIFIER_STRATEGIES)})")
+    from robustlab.strategies import get_strategy
+    require(get_strategy(run.config.strategy.name).classifies,
+            f"{checkpoint} is a {run.config.strategy.name!r} run, which trains no classifier; "
+            "robustness evaluates classifier runs")
     return run.record, run.network.to(device).eval()
 
 

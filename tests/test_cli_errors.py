@@ -104,7 +104,7 @@ CASES = {
                            True, "checkpoint {garbage} is unreadable or corrupt"),
     "unwritable-out": (["--out", "{a_file}/results"], False, "output directory {a_file}/results is not writable"),
     "noise-rate-one": (["--noise-rate", "1.0"], False, "argument --noise-rate: must be in [0, 1), got 1.0"),
-    "coteach-without-noise": (["--strategy", "coteach"], False, "--strategy coteach needs label noise"),
+    "coteach-without-noise": (["--strategy", "coteach"], False, "coteach needs a forget rate"),
     "unknown-option": (["--epochz", "3"], False, "unrecognized arguments: --epochz 3"),
     "empty-data-dir": (["--data-dir", "{empty_data}", "--dataset", "cifar100"], False,
                        "dataset 'cifar100' not found; tried: {empty_data}/cifar-100-python; {empty_data}/cifar100/{{train,test}}"),

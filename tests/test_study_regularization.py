@@ -51,7 +51,7 @@ def test_basic_arms_switch_exactly_their_components():
         c = a[name]
         assert (wd(c) > 0) == bool(l2) and (p(c) > 0) == bool(drop), name
         assert aug(c) == ((True, True) if augmented else (False, False)), name
-        assert c.augment.cutout == 0 and c.strategy.smoothing == 0 and c.train.optim.schedule == "constant"
+        assert c.augment.cutout == 0 and not c.strategy.options.get("smoothing") and c.train.optim.schedule == "constant"
     assert wd(a["l2"]) == pytest.approx(2 * s.lam) and p(a["dropout"]) == s.dropout
     # each arm differs from the baseline in exactly its own components
     none = a["none"]
@@ -66,8 +66,8 @@ def test_augment_arms_add_cutout_or_smoothing_to_the_basic_recipe():
     a, base, s = arms("augment")
     assert list(a) == ["basic", "basic_cutout", "basic_smoothing"]
     assert diff(a["basic_cutout"], a["basic"]) == {"augment.cutout"} and a["basic_cutout"].augment.cutout == s.cutout
-    assert diff(a["basic_smoothing"], a["basic"]) == {"strategy.smoothing"}
-    assert a["basic_smoothing"].strategy.smoothing == s.smoothing
+    assert diff(a["basic_smoothing"], a["basic"]) == {"strategy.options"}
+    assert a["basic_smoothing"].strategy.options["smoothing"] == s.smoothing
     b = a["basic"]
     assert b.train.optim.weight_decay > 0 and b.model_kwargs["dropout"] > 0 and b.augment.crop_pad and b.augment.flip
 

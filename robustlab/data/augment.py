@@ -146,3 +146,14 @@ class BatchAugment(Normalize):
             cx = torch.randint(0, w, (n,), generator=g, device=dev)
             x = cutout(x, cy, cx, c.cutout)
         return x
+
+
+class MultiView:
+    """`views` independent draws of `augment` per sample: uint8 (N, C, H, W) -> (N, V, C, H, W)."""
+
+    def __init__(self, augment, views: int):
+        require(views >= 2, f"MultiView needs views >= 2, got {views}")
+        self.augment, self.views = augment, views
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return torch.stack([self.augment(images, generator) for _ in range(self.views)], dim=1)

@@ -1,17 +1,25 @@
-"""Training strategies: objects that own the network(s) and turn a batch into a loss."""
-from robustlab.strategies.base import StepOutput, Strategy
-from robustlab.strategies.coteaching import CoTeaching
-from robustlab.strategies.cross_entropy import CrossEntropy, LabelSmoothing
+"""Training strategies: objects that own the network(s) and turn a batch into a loss.
 
-# The SupCon classes are imported on first use: pytorch-metric-learning takes seconds to import.
-_SUPCON = ("EncoderWithHead", "FrozenEncoderClassifier", "ProjectionHead", "SupConPretrain", "SupConViews")
+Every module of this package is imported here, so its `@register_strategy` classes are known
+to `list_strategies()` / `create_strategy()`; a new method is one new file.
+"""
+import importlib
+import pkgutil
 
-__all__ = ["CoTeaching", "CrossEntropy", "LabelSmoothing", "StepOutput", "Strategy", *_SUPCON]
+from robustlab.strategies.base import NoOptions, StepOutput, Strategy
+from robustlab.strategies.registry import (BuildContext, create_strategy, get_strategy, list_strategies, make_config,
+                                           register_strategy)
 
+_INFRASTRUCTURE = {"base", "registry"}
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name not in _INFRASTRUCTURE and not _info.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_info.name}")
 
-def __getattr__(name: str):
-    if name in _SUPCON:
-        from robustlab.strategies import supcon
+from robustlab.strategies.coteaching import CoTeaching  # noqa: E402
+from robustlab.strategies.cross_entropy import CrossEntropy, LabelSmoothing  # noqa: E402
+from robustlab.strategies.supcon import (EncoderWithHead, FrozenEncoderClassifier, ProjectionHead,  # noqa: E402
+                                         SupConPretrain, SupConViews)
 
-        return getattr(supcon, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["BuildContext", "CoTeaching", "CrossEntropy", "EncoderWithHead", "FrozenEncoderClassifier", "LabelSmoothing",
+           "NoOptions", "ProjectionHead", "StepOutput", "Strategy", "SupConPretrain", "SupConViews", "create_strategy",
+           "get_strategy", "list_strategies", "make_config", "register_strategy"]

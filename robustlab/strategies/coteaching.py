@@ -6,12 +6,15 @@ then updated on the samples its *peer* kept. With exponent = 1 this is the paper
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab.errors import require
+from robustlab.errors import UsageError, require
 from robustlab.strategies.base import StepOutput, Strategy
+from robustlab.strategies.registry import register_strategy
 
 
 def forget_rate(epoch: int, tau: float, num_gradual: int, exponent: float = 1.0) -> float:
@@ -48,9 +51,36 @@ class EnsembleLogits(nn.Module):
         return probs.clamp_min(1e-12).log()
 
 
+@dataclass
+class CoTeachingConfig:
+    forget_rate: float | None = None  # tau; None = the realised noise rate of the training labels (an oracle)
+    num_gradual: int = 10             # Tk: epochs to reach tau
+    exponent: float = 1.0             # c: shape of the R(T) ramp (1 = the paper's linear ramp)
+
+    def validate(self) -> None:
+        require(self.forget_rate is None or 0.0 <= self.forget_rate < 1.0,
+                f"forget_rate must be in [0, 1), got {self.forget_rate}")
+        require(self.num_gradual >= 0, f"num_gradual must be >= 0, got {self.num_gradual}")
+        require(self.exponent > 0, f"exponent must be > 0, got {self.exponent}")
+
+
+def resolve_forget_rate(configured: float | None, ctx, name: str) -> float:
+    """The configured rate, else the realised noise rate (which a user without clean labels would
+    have to estimate: pass forget_rate=... for that)."""
+    rate = configured if configured is not None else ctx.noise_rate
+    if not rate:
+        raise UsageError(f"{name} needs a forget rate: train on noisy labels or pass forget_rate=<fraction>")
+    return float(rate)
+
+
+@register_strategy("coteach")
 class CoTeaching(Strategy):
-    """Two networks with different initializations; pass `clean_labels` (indexed by the loader's
-    sample indices) to record label precision, the fraction of kept samples whose label is clean."""
+    """Co-Teaching (Han et al. 2018): two networks cross-update on each other's small-loss samples.
+
+    Pass `clean_labels` (indexed by the loader's sample indices) to record label precision, the
+    fraction of kept samples whose label is clean (measurement only)."""
+
+    Config = CoTeachingConfig
 
     def __init__(self, model: nn.Module, peer: nn.Module, forget_rate: float, num_gradual: int = 10,
                  exponent: float = 1.0, clean_labels: torch.Tensor | None = None):
@@ -63,6 +93,14 @@ class CoTeaching(Strategy):
         self.clean_labels = clean_labels  # a plain tensor: DDP must not broadcast it every step
         self._remember = 1.0
         self._kept = self._kept_clean = None
+
+    @classmethod
+    def build(cls, config: CoTeachingConfig, ctx):
+        forget = resolve_forget_rate(config.forget_rate, ctx, cls.name)
+        strategy = cls(ctx.new_model(), ctx.new_model(), forget_rate=forget, num_gradual=config.num_gradual,
+                       exponent=config.exponent, clean_labels=ctx.clean_train_labels)
+        strategy.config = CoTeachingConfig(forget, config.num_gradual, config.exponent)
+        return strategy
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         self._remember = remember_rate(epoch, self.tau, self.num_gradual, self.exponent)

@@ -11,17 +11,18 @@ cross-entropy, either on frozen features (`mlp`, `linear`) or end to end (`finet
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pytorch_metric_learning.losses import SupConLoss
-from pytorch_metric_learning.utils.distributed import DistributedLossWrapper
 from torch import nn
 
 from robustlab.data.color import adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, to_grayscale
 from robustlab.errors import UsageError, require
 from robustlab.models.base import Classifier
 from robustlab.strategies.base import StepOutput, Strategy
+from robustlab.strategies.registry import register_strategy
 
 # ----------------------------------------------------------------------------------------------
 # Two-view augmentation
@@ -148,8 +149,21 @@ class ProjectionHead(nn.Module):
         return F.normalize(self.net(features), dim=1)
 
 
+@dataclass
+class SupConPretrainConfig:
+    temperature: float = 0.1
+    proj_dim: int = 128
+    min_crop_scale: float = 0.2  # SupConViews' smallest crop, as a fraction of the image area
+
+    def validate(self) -> None:
+        require(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        require(self.proj_dim >= 1, f"proj_dim must be >= 1, got {self.proj_dim}")
+        require(0 < self.min_crop_scale <= 1, f"min_crop_scale must be in (0, 1], got {self.min_crop_scale}")
+
+
+@register_strategy("supcon_pretrain")
 class SupConPretrain(Strategy):
-    """Stage 1: train `model`'s encoder with the supervised contrastive loss.
+    """Stage 1 of SupCon: train the encoder with the supervised contrastive loss on two views.
 
     Expects batches from `SupConViews`: x of shape (N, V, C, H, W) with V >= 2 views. The views are
     flattened sample-major to (N*V, C, H, W) and the labels repeated to match, so all views of an
@@ -164,10 +178,17 @@ class SupConPretrain(Strategy):
     `classifies = False` tells `run_experiment` not to evaluate classification during this stage.
     """
 
+    Config = SupConPretrainConfig
     classifies = False
+    views = 2
     unused_parameters = True  # the encoder's classifier head is not used while pretraining
+
     def __init__(self, model: nn.Module, temperature: float = 0.1, proj_dim: int = 128, distributed: bool = False):
         super().__init__()
+        # Imported here: pytorch-metric-learning takes seconds to import.
+        from pytorch_metric_learning.losses import SupConLoss
+        from pytorch_metric_learning.utils.distributed import DistributedLossWrapper
+
         require(temperature > 0, f"SupCon temperature must be > 0, got {temperature}")
         require(hasattr(model, "forward_features") and hasattr(model, "num_features"), "SupConPretrain needs a model with forward_features and num_features")
         self.model = model
@@ -175,6 +196,17 @@ class SupConPretrain(Strategy):
         self.temperature = temperature
         loss = SupConLoss(temperature=temperature)
         self.loss_fn = DistributedLossWrapper(loss) if distributed else loss
+        self.min_crop_scale = 0.2
+
+    @classmethod
+    def build(cls, config: SupConPretrainConfig, ctx):
+        strategy = cls(ctx.new_model(), temperature=config.temperature, proj_dim=config.proj_dim,
+                       distributed=ctx.distributed)  # gather embeddings across ranks
+        strategy.min_crop_scale = config.min_crop_scale
+        return strategy
+
+    def train_augment(self, default, splits):
+        return SupConViews(splits.mean, splits.std, size=splits.train.images.shape[-1], scale=(self.min_crop_scale, 1.0))
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
         """(N, V, C, H, W) views -> ((N*V, proj_dim) unit embeddings, V), sample-major."""
@@ -231,8 +263,23 @@ class EncoderWithHead(Classifier):
         return self
 
 
+@dataclass
+class SupConProbeConfig:
+    encoder_run: str | None = None         # a run id in the same results directory (usually supcon_pretrain)
+    encoder_checkpoint: str | None = None  # or a checkpoint path
+    head: str = "mlp"                      # mlp | linear | finetune
+    hidden: int = 256                      # width of the mlp head
+
+    def validate(self) -> None:
+        require((self.encoder_run is None) != (self.encoder_checkpoint is None),
+                "supcon_probe needs exactly one of the options encoder_run (a run id) or encoder_checkpoint (a path)")
+        require(self.head in HEADS, f"unknown classifier head {self.head!r}; choose one of {', '.join(HEADS)}")
+        require(self.hidden >= 1, f"hidden width must be >= 1, got {self.hidden}")
+
+
+@register_strategy("supcon_probe")
 class FrozenEncoderClassifier(Strategy):
-    """Stage 2: cross-entropy training of a new head on a (usually SupCon-pretrained) encoder.
+    """Stage 2 of SupCon: cross-entropy training of a new head on a pretrained encoder.
 
     head="mlp":      Linear-ReLU-Linear head (width `hidden`) on frozen features
     head="linear":   linear probe on frozen features
@@ -259,6 +306,17 @@ class FrozenEncoderClassifier(Strategy):
             old_head.requires_grad_(False)
         self.head_kind = head
         self.model = EncoderWithHead(encoder_model, new_head, frozen=head != "finetune")
+
+    Config = SupConProbeConfig
+
+    @classmethod
+    def build(cls, config: SupConProbeConfig, ctx):
+        from robustlab.checkpoint import load_checkpoint
+
+        checkpoint = Path(config.encoder_checkpoint) if config.encoder_checkpoint else _encoder_run_checkpoint(config.encoder_run, ctx)
+        encoder = ctx.new_model()
+        load_encoder_weights(encoder, load_checkpoint(checkpoint)["strategy"], source=f"encoder checkpoint {checkpoint}")
+        return cls(encoder, ctx.num_classes, head=config.head, hidden=config.hidden)
 
     def train_step(self, x, y, idx, epoch) -> StepOutput:
         logits = self.model(x)
@@ -287,3 +345,21 @@ def load_encoder_weights(network: nn.Module, strategy_state: dict, source: str =
                 raise UsageError(f"{source} does not fit this model: {detail}") from None
             return prefix
     raise UsageError(f"{source} does not hold weights of this model (its parameter names differ)")
+
+
+def _encoder_run_checkpoint(run_id: str, ctx) -> Path:
+    """The last checkpoint of run `run_id` in the study's results, checked against this run's model and data."""
+    from robustlab.records import find_record
+
+    require(ctx.results_dir is not None, "supcon_probe with encoder_run needs the results directory of that run")
+    record = find_record(ctx.results_dir, run_id)
+    if record is None:
+        raise UsageError(f"encoder run {run_id} has no record in {ctx.results_dir}; run its pretraining first")
+    cfg, enc = ctx.experiment, record["config"]
+    if cfg is not None:
+        require(enc.get("model") == cfg.model and (enc.get("model_kwargs") or {}) == cfg.model_kwargs,
+                f"encoder run {run_id} trained model {enc.get('model')!r} {enc.get('model_kwargs') or {}}, "
+                f"but this run uses {cfg.model!r} {cfg.model_kwargs}")
+        require(enc.get("data", {}).get("dataset") == cfg.data.dataset,
+                f"encoder run {run_id} trained on {enc.get('data', {}).get('dataset')!r}, this run uses {cfg.data.dataset!r}")
+    return Path(ctx.results_dir) / "runs" / run_id / "last.pt"
