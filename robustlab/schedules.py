@@ -3,6 +3,10 @@
 Epoch-denominated settings (warm-up, step size, milestones, restart period) are converted to
 iterations, so every schedule changes the LR smoothly within an epoch. `plateau` is the one
 exception: it steps once per epoch on the validation loss.
+
+Schedules change the learning rate only: `cyclic` and `onecycle` keep the configured momentum
+(SGD) and betas (Adam) instead of PyTorch's default momentum cycling (0.95 -> 0.85 -> 0.95), so
+`--momentum` means the same under every schedule.
 """
 from __future__ import annotations
 
@@ -92,7 +96,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: 
                           step_size_up=max(1, round(cfg.cyclic_half_epochs * spe)),
                           cycle_momentum=False)  # keep the chosen momentum: only the LR cycles
     if cfg.schedule == "onecycle":
-        return S.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(total, 2))
+        return S.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(total, 2),
+                            cycle_momentum=False)  # keep the chosen momentum: only the LR cycles
     if cfg.schedule == "plateau":
         return S.ReduceLROnPlateau(optimizer, factor=cfg.gamma, patience=cfg.plateau_patience)
     raise UsageError(f"unknown schedule {cfg.schedule!r}")

@@ -181,3 +181,21 @@ def test_build_optimizer_settings(optimizer, cls):
 def test_bad_optimizer_settings_raise_usage_error(kwargs, match):
     with pytest.raises(UsageError, match=match):
         build_optimizer([torch.nn.Parameter(torch.zeros(1))], OptimConfig(**kwargs))
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_no_schedule_changes_the_configured_momentum(schedule, optimizer):
+    # --momentum (SGD) and Adam's betas hold at every step: onecycle would otherwise cycle them.
+    cfg = OptimConfig(schedule=schedule, optimizer=optimizer, momentum=0.5, cyclic_half_epochs=1.0)
+    opt = build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg)
+    sched = build_scheduler(opt, cfg, 3, 10)
+    before = {k: opt.param_groups[0][k] for k in ("momentum", "betas") if k in opt.param_groups[0]}
+    seen = []
+    for step in range(30):
+        opt.step()
+        sched.step() if steps_per_iteration(cfg) else (step + 1) % 10 == 0 and sched.step(1.0)
+        seen.append({k: opt.param_groups[0][k] for k in before})
+    expected = {"momentum": 0.5} if optimizer == "sgd" else {"betas": (0.9, 0.999)}
+    assert before == expected
+    assert all(s == expected for s in seen)
