@@ -1,0 +1,142 @@
+"""ELR: the target-memory update, the regulariser and its gradient, the loss against a hand
+calculation, official defaults, and a memory that survives checkpoint/resume."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustlab.data import DeviceLoader, Normalize
+from robustlab.engine import TrainConfig, fit
+from robustlab.errors import UsageError
+from robustlab.models import create_model
+from robustlab.schedules import OptimConfig
+from robustlab.strategies import BuildContext, create_strategy, make_config
+from robustlab.strategies.elr import ELR, clamped_probs, elr_regulariser, updated_targets
+
+
+def test_target_update_matches_hand_values():
+    old = torch.tensor([[0.2, 0.8], [0.0, 0.0]])
+    probs = torch.tensor([[0.6, 0.2], [0.5, 0.5]])  # row 0 is renormalised to (0.75, 0.25)
+    new = updated_targets(old, probs, beta=0.7)
+    expected = torch.tensor([[0.7 * 0.2 + 0.3 * 0.75, 0.7 * 0.8 + 0.3 * 0.25], [0.15, 0.15]])
+    assert torch.allclose(new, expected)
+
+
+def test_probabilities_are_clamped_as_in_the_official_code():
+    p = clamped_probs(torch.tensor([[30.0, 0.0, 0.0]]))
+    assert p[0, 0].item() == pytest.approx(1 - 1e-4) and p[0, 1].item() == pytest.approx(1e-4)
+
+
+def test_regulariser_matches_hand_values():
+    t = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    p = torch.tensor([[0.8, 0.2], [0.9, 0.1]])
+    expected = (math.log(1 - 0.8) + math.log(1 - 0.5)) / 2
+    assert elr_regulariser(t, p).item() == pytest.approx(expected)
+
+
+def test_regulariser_gradient_pushes_the_prediction_toward_the_target():
+    logits = torch.tensor([[2.0, 0.0, 0.0]], requires_grad=True)  # predicts class 0
+    target = torch.tensor([[0.05, 0.9, 0.05]])                     # the memory says class 1
+    elr_regulariser(target, clamped_probs(logits)).backward()
+    step = -logits.grad[0]
+    assert step[1] > 0 and step[0] < 0  # descent raises the target class, lowers the predicted one
+    moved = logits.detach() + 0.5 * step
+    assert (target * clamped_probs(moved)).sum() > (target * clamped_probs(logits.detach())).sum()
+
+
+class FixedLogits(nn.Module):
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return self.logits * self.scale
+
+
+def test_loss_updates_only_the_batch_rows_then_adds_lambda_times_the_regulariser():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
+    y = torch.tensor([0, 2])
+    idx = torch.tensor([3, 1])
+    st = ELR(FixedLogits(logits), num_train=5, num_classes=3, beta=0.6, lam=2.5)
+    st.target[3] = torch.tensor([0.1, 0.1, 0.8])
+    before = st.target.clone()
+    out = st.train_step(torch.zeros(2, 1), y, idx, epoch=0)
+
+    p = logits.softmax(1).clamp(1e-4, 1 - 1e-4)
+    t = 0.6 * before[idx] + 0.4 * p / p.sum(1, keepdim=True)
+    expected = F.cross_entropy(logits, y) + 2.5 * torch.log(1 - (t * p).sum(1)).mean()
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert torch.allclose(st.target[idx], t)
+    untouched = torch.tensor([0, 2, 4])
+    assert torch.equal(st.target[untouched], before[untouched])
+
+
+def test_official_defaults_follow_the_class_count_and_options_override():
+    def ctx(c):
+        return BuildContext(new_model=lambda: create_model("tiny_cnn", num_classes=c), num_classes=c, num_train=7)
+
+    st10, st100 = create_strategy("elr", context=ctx(10)), create_strategy("elr", context=ctx(100))
+    assert (st10.beta, st10.lam) == (0.7, 3.0) and st10.target.shape == (7, 10)
+    assert (st100.beta, st100.lam) == (0.9, 7.0)
+    assert st10.options() == {"beta": 0.7, "lam": 3.0}
+    custom = create_strategy("elr", context=ctx(10), beta=0.5, lam=1)
+    assert (custom.beta, custom.lam) == (0.5, 1.0)
+    assert ELR.presets["paper"] == {"beta": 0.7, "lam": 3.0} and set(ELR.presets) == {"quick", "paper"}
+    with pytest.raises(UsageError, match="beta must be in"):
+        make_config("elr", {"beta": 1.0})
+    with pytest.raises(UsageError, match="lam must be >= 0"):
+        make_config("elr", {"lam": -1})
+
+
+# ---- resume ----------------------------------------------------------------------------------
+
+def _toy(n=96, size=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 4
+    images = torch.randint(0, 100, (n, 3, size, size), generator=g, dtype=torch.uint8)
+    for i in range(n):  # a bright channel per class makes the labels learnable
+        images[i, labels[i] % 3, : size // 2 if labels[i] < 3 else size] += 120
+    return images, labels
+
+
+class InterruptAt(DeviceLoader):
+    """Stops the run (as Ctrl-C would) when epoch 2 (0-based) begins."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch == 2:
+            raise KeyboardInterrupt
+        super().set_epoch(epoch)
+
+
+def _elr(seed):
+    torch.manual_seed(seed)
+    ctx = BuildContext(new_model=lambda: create_model("tiny_cnn", num_classes=4), num_classes=4, num_train=96)
+    return create_strategy("elr", context=ctx)
+
+
+def test_memory_survives_checkpoint_and_resume(tmp_path):
+    images, labels = _toy()
+    norm = Normalize((0.5,) * 3, (0.25,) * 3)
+    cfg = TrainConfig(epochs=3, batch_size=32, tta="none",
+                      optim=OptimConfig(optimizer="adam", lr=1e-2, weight_decay=0.0, schedule="constant"))
+
+    full = _elr(0)
+    fit(full, DeviceLoader(images, labels, 32, norm, seed=0), cfg, run_dir=tmp_path / "full", quiet=True, num_classes=4)
+    # Every sample was seen once per epoch: its memory sums to 1 - 0.7^3 after three updates from 0.
+    assert torch.allclose(full.target.sum(1), torch.full((96,), 1 - 0.7 ** 3))
+
+    part = _elr(0)
+    with pytest.raises(KeyboardInterrupt):
+        fit(part, InterruptAt(images, labels, 32, norm, seed=0), cfg, run_dir=tmp_path / "part", quiet=True, num_classes=4)
+    resumed = _elr(1)  # a fresh memory of zeros and other weights: the checkpoint must replace both
+    torch.manual_seed(123)
+    fit(resumed, DeviceLoader(images, labels, 32, norm, seed=0), cfg, run_dir=tmp_path / "part",
+        resume=tmp_path / "part" / "last.pt", quiet=True, num_classes=4)
+
+    assert torch.equal(resumed.target, full.target)
+    a, b = full.state_dict(), resumed.state_dict()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
