@@ -7,6 +7,7 @@ then updated on the samples its *peer* kept. With exponent = 1 this is the paper
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ from torch import nn
 from robustlab.errors import UsageError, require
 from robustlab.strategies.base import StepOutput, Strategy
 from robustlab.strategies.registry import register_strategy
+from robustlab.strategies.selection import SelectionMeter
 
 
 def forget_rate(epoch: int, tau: float, num_gradual: int, exponent: float = 1.0) -> float:
@@ -78,9 +80,11 @@ class CoTeaching(Strategy):
     """Co-Teaching (Han et al. 2018): two networks cross-update on each other's small-loss samples.
 
     Pass `clean_labels` (indexed by the loader's sample indices) to record label precision, the
-    fraction of kept samples whose label is clean (measurement only)."""
+    fraction of kept samples whose label is clean, and label recall, the fraction of the batches'
+    clean-labelled samples that were kept (measurement only)."""
 
     Config = CoTeachingConfig
+    presets: ClassVar[dict[str, dict]] = {"quick": {"num_gradual": 5}, "paper": {"num_gradual": 10}}
 
     def __init__(self, model: nn.Module, peer: nn.Module, forget_rate: float, num_gradual: int = 10,
                  exponent: float = 1.0, clean_labels: torch.Tensor | None = None):
@@ -92,7 +96,7 @@ class CoTeaching(Strategy):
         self.tau, self.num_gradual, self.exponent = forget_rate, num_gradual, exponent
         self.clean_labels = clean_labels  # a plain tensor: DDP must not broadcast it every step
         self._remember = 1.0
-        self._kept = self._kept_clean = None
+        self.selection = SelectionMeter(clean_labels)
 
     @classmethod
     def build(cls, config: CoTeachingConfig, ctx):
@@ -104,28 +108,22 @@ class CoTeaching(Strategy):
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         self._remember = remember_rate(epoch, self.tau, self.num_gradual, self.exponent)
-        self._kept = self._kept_clean = None
+        self.selection.reset()
 
     def train_step(self, x, y, idx, epoch) -> StepOutput:
         logits1, logits2 = self.model(x), self.peer(x)
-        loss1 = F.cross_entropy(logits1, y, reduction="none")
-        loss2 = F.cross_entropy(logits2, y, reduction="none")
+        # float32 losses: the ranking must not depend on bf16 rounding under autocast
+        loss1 = F.cross_entropy(logits1.float(), y, reduction="none")
+        loss2 = F.cross_entropy(logits2.float(), y, reduction="none")
         num_remember = max(1, int(self._remember * len(y)))
         update1, update2 = cross_update_indices(loss1.detach(), loss2.detach(), num_remember)
         # Mean over the selected samples, once per network.
         loss = loss1[update1].mean() + loss2[update2].mean()
-        if self.clean_labels is not None:
-            kept = torch.cat([update1, update2])
-            clean = (self.clean_labels[idx[kept]] == y[kept]).sum()
-            self._kept = len(kept) + (self._kept if self._kept is not None else 0)
-            self._kept_clean = clean + (self._kept_clean if self._kept_clean is not None else 0)
+        self.selection.update(y, idx, update1, update2)
         return StepOutput(loss, logits1)
 
     def epoch_metrics(self) -> dict[str, float]:
-        out = {"remember_rate": self._remember}
-        if self._kept:
-            out["label_precision"] = float(self._kept_clean) / self._kept
-        return out
+        return {"remember_rate": self._remember, **self.selection.metrics()}
 
     def extra_predictors(self) -> dict[str, nn.Module]:
         return {"net2": self.peer, "ensemble": EnsembleLogits(self.model, self.peer)}

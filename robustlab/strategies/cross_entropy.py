@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ class CrossEntropy(Strategy):
     """Cross-entropy; `smoothing > 0` gives label smoothing (Szegedy et al. 2016)."""
 
     Config = CEConfig
+    presets: ClassVar[dict[str, dict]] = {"quick": {}, "paper": {}}  # no recipe options beyond the study's
 
     def __init__(self, model: nn.Module, smoothing: float = 0.0):
         super().__init__()
