@@ -1,8 +1,10 @@
-"""What every study shares: grid execution with sharding and resume, tables, and curve figures.
+"""What every study shares: the study command line, grid execution with sharding and resume,
+seed aggregation, tables, and curve figures. `studies.skeleton.Study` puts them together.
 
 A study is a list of `ExperimentConfig`s (arms x seeds x ...). `run_grid` runs this process's
-share of the missing ones (`--shard i/n`), then gathers every record that exists, so a SLURM
-array or several GPUs can split a study and a final `--collect` builds the tables.
+share of the missing ones (`--shard i/n`) through the chosen launcher (this process, or submitit
+jobs), then gathers every record that exists, so a SLURM array or several GPUs can split a study
+and a final `--collect` builds the tables.
 """
 from __future__ import annotations
 
@@ -11,17 +13,18 @@ import csv
 import io
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
 from robustlab import distributed
 from robustlab.cli import Parser, add_context_args, add_data_args, add_train_args, seed_list
 from robustlab.errors import UsageError
-from robustlab.experiment import Context, ExperimentConfig, run_experiment
+from robustlab.experiment import Context, ExperimentConfig
 from robustlab.fileio import write_text
 from robustlab.records import find_record
 from robustlab.schedules import OptimConfig
+from studies.launcher import add_launcher_args, check_launcher_args, run_direct, run_submitit
 
 PRESETS = ("quick", "paper")
 
@@ -37,6 +40,7 @@ def study_parser(name: str, description: str, dataset: str = "cifar10", smoothin
     g.add_argument("--collect", action="store_true", help="run nothing; build tables and figures from existing records")
     g.add_argument("--resume", action="store_true", help="continue unfinished runs from their last checkpoint")
     g.add_argument("--figures-dir", default=f"figures/{name}", help=f"where figures are copied (default figures/{name})")
+    add_launcher_args(p)
     add_data_args(p, dataset)
     add_train_args(p, smoothing=smoothing)
     add_context_args(p, default_out=f"results/{name}")
@@ -90,22 +94,26 @@ class Run:
 
 def run_grid(configs: list[ExperimentConfig], args, ctx: Context,
              runner: Callable[[ExperimentConfig, Path, Context], dict] | None = None) -> list[Run]:
-    """Run this shard's missing runs, then return every run of the grid that has a record."""
-    runner = runner or (lambda cfg, out, c: run_experiment(cfg, out, c))
+    """Run this shard's missing runs (with the chosen launcher), then return every run of the grid
+    that has a record. `--collect` runs nothing and refuses when no run has a record."""
     ids = [c.run_id for c in configs]
     if len(set(ids)) != len(ids):
         raise UsageError("the study grid contains duplicate runs")
+    check_launcher_args(args)
     if not args.collect:
         distributed.init_from_env(args.device)
-        mine = select_shard(configs, args.shard)
-        for k, cfg in enumerate(mine, 1):
-            if find_record(args.out, cfg.run_id) is None:
-                print(f"[{k}/{len(mine)}] {cfg.run_id}", file=sys.stderr, flush=True)
-            runner(cfg, Path(args.out), ctx)
+        pending = [c for c in select_shard(configs, args.shard) if find_record(args.out, c.run_id) is None]
+        if getattr(args, "launcher", "direct") == "direct":
+            quiet = ctx.quiet or not distributed.current().is_main
+            run_direct(pending, Path(args.out), replace(ctx, quiet=quiet), runner)
+        elif pending:
+            run_submitit(pending, args, ctx, runner)
     done, missing = [], []
     for cfg in configs:
         record = find_record(args.out, cfg.run_id)
         (done if record else missing).append(Run(cfg, record) if record else cfg)
+    if args.collect and configs and not done:
+        raise UsageError(f"nothing to collect: none of the {len(configs)} runs of this study has a record in {args.out}")
     if missing:
         print(f"{len(missing)} of {len(configs)} runs have no record yet: "
               f"{', '.join(c.run_id for c in missing[:5])}{' ...' if len(missing) > 5 else ''}", file=sys.stderr)
@@ -124,7 +132,9 @@ def _is_pct(column: str) -> bool:
 
 
 def aggregate(rows: list[dict], keys: list[str], metrics: list[str]) -> list[dict]:
-    """Group rows by `keys`; each metric becomes its mean plus `<metric>_std` over the group."""
+    """Group rows by `keys` (groups in order of first appearance); each numeric metric becomes its
+    mean plus `<metric>_std` (sample std, 0 for one value) over the rows that have it (None and NaN
+    are missing); a text metric is kept when the whole group agrees on it."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault(tuple(row.get(k) for k in keys), []).append(row)
@@ -134,7 +144,9 @@ def aggregate(rows: list[dict], keys: list[str], metrics: list[str]) -> list[dic
         agg["n_seeds"] = len(members)
         for m in metrics:
             values = [r[m] for r in members if r.get(m) is not None and not _nan(r[m])]
-            if values:
+            if values and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                agg[m] = values[0] if len(set(map(str, values))) == 1 and len(values) == len(members) else None
+            elif values:
                 mean = sum(values) / len(values)
                 agg[m] = mean
                 agg[f"{m}_std"] = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
