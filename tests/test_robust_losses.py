@@ -1,0 +1,134 @@
+"""Robust losses: generalized cross-entropy (L_q) and symmetric cross-entropy, against hand values,
+their limits, the official SCE code and a short training run; the study presets of every method."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from noisy_toy import fit_toy
+from robustlab.errors import UsageError
+from robustlab.strategies import create_strategy, get_strategy, make_config
+from robustlab.strategies.gce import GeneralizedCE, generalized_ce
+from robustlab.strategies.sce import OFFICIAL_LOG_ZERO, SymmetricCE, reverse_ce, symmetric_ce
+
+LOGITS = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 2.0], [-1.0, 3.0, 0.5]])
+Y = torch.tensor([0, 2, 0])
+
+
+def softmax_py(row, label):
+    exps = [math.exp(v) for v in row]
+    return exps[label] / sum(exps)
+
+
+# ---- GCE ----------------------------------------------------------------------------------------
+
+def test_gce_matches_the_hand_formula():
+    got = generalized_ce(LOGITS, Y, q=0.7)
+    for i, (row, label) in enumerate(zip(LOGITS.tolist(), Y.tolist())):
+        p = softmax_py(row, label)
+        assert got[i].item() == pytest.approx((1 - p ** 0.7) / 0.7, rel=1e-6)
+    # e.g. sample 0: p_y = e^2 / (e^2 + 2) = 0.78699, (1 - 0.78699^0.7) / 0.7 = 0.22054
+    assert got[0].item() == pytest.approx(0.22054, abs=1e-5)
+
+
+def test_gce_limits_are_cross_entropy_and_mae():
+    assert torch.allclose(generalized_ce(LOGITS, Y, q=1e-6), F.cross_entropy(LOGITS, Y, reduction="none"), atol=1e-5)
+    p_y = LOGITS.softmax(1).gather(1, Y[:, None]).squeeze(1)
+    assert torch.allclose(generalized_ce(LOGITS, Y, q=1.0), 1 - p_y, atol=1e-6)
+
+
+def test_gce_gradient_is_cross_entropy_gradient_weighted_by_p_y_to_the_q():
+    q = 0.7
+    a = LOGITS.clone().requires_grad_(True)
+    generalized_ce(a, Y, q).sum().backward()
+    b = LOGITS.clone().requires_grad_(True)
+    F.cross_entropy(b, Y, reduction="sum").backward()
+    weight = LOGITS.softmax(1).gather(1, Y[:, None]) ** q
+    assert torch.allclose(a.grad, weight * b.grad, atol=1e-6)
+    # so the implausible sample 2 (p_y = 0.016) pulls ~ 0.06x as hard as under CE
+    assert weight[2].item() < 0.1
+
+
+def test_gce_strategy_averages_in_float32_and_validates_q():
+    model = nn.Linear(4, 3)
+    st = create_strategy("gce", model)
+    assert st.q == 0.7 and isinstance(st, GeneralizedCE)
+    x = torch.randn(5, 4)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    out = st.train_step(x, y, torch.arange(5), 0)
+    assert out.loss.item() == pytest.approx(generalized_ce(model(x), y, 0.7).mean().item(), rel=1e-6)
+    assert generalized_ce(LOGITS.bfloat16(), Y, 0.7).dtype == torch.float32
+    for bad in (0.0, 1.5):
+        with pytest.raises(UsageError, match="q must be in"):
+            make_config("gce", {"q": bad})
+
+
+# ---- SCE ----------------------------------------------------------------------------------------
+
+def test_rce_by_hand_with_the_official_clamps():
+    # Sample 0: p = softmax(10, -30, -30): the wrong classes' p ~ 4e-18 are clamped up to 1e-7,
+    # so RCE = -log(1e-4) * 2e-7 = 1.842e-6 (not ~1e-16).
+    logits = torch.tensor([[10.0, -30.0, -30.0], [0.0, 1.0, 2.0]])
+    y = torch.tensor([0, 2])
+    rce = reverse_ce(logits, y)
+    assert rce[0].item() == pytest.approx(-math.log(1e-4) * 2e-7, rel=1e-4)
+    # Sample 1: RCE = -A (p_0 + p_1) = 9.2103 * (0.09003 + 0.24473)
+    assert rce[1].item() == pytest.approx(9.21034 * (0.090031 + 0.244728), rel=1e-5)
+    assert reverse_ce(logits, y, log_zero=-4.0)[1].item() == pytest.approx(4 * (0.090031 + 0.244728), rel=1e-5)
+
+
+def test_sce_value_by_hand():
+    logits, y = torch.tensor([[0.0, 1.0, 2.0]]), torch.tensor([2])
+    ce = -math.log(0.665241)
+    rce = 9.21034 * (1 - 0.665241)
+    assert symmetric_ce(logits, y, alpha=0.1, beta=1.0).item() == pytest.approx(0.1 * ce + rce, rel=1e-5)
+    assert symmetric_ce(logits, y, alpha=6.0, beta=0.1).item() == pytest.approx(6 * ce + 0.1 * rce, rel=1e-5)
+
+
+def official_sce(pred, labels, alpha, beta, num_classes):
+    """SCELoss.forward of HanxunH/SCELoss-Reproduce (loss.py), per sample instead of averaged."""
+    ce = F.cross_entropy(pred, labels, reduction="none")
+    pred = torch.clamp(F.softmax(pred, dim=1), min=1e-7, max=1.0)
+    label_one_hot = torch.clamp(F.one_hot(labels, num_classes).float(), min=1e-4, max=1.0)
+    rce = -1 * torch.sum(pred * torch.log(label_one_hot), dim=1)
+    return alpha * ce + beta * rce
+
+
+def test_sce_equals_the_official_code_on_random_logits():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 10, generator=g) * 8
+    y = torch.randint(0, 10, (64,), generator=g)
+    assert torch.allclose(symmetric_ce(logits, y, 0.1, 1.0), official_sce(logits, y, 0.1, 1.0, 10), rtol=1e-5, atol=1e-6)
+    assert OFFICIAL_LOG_ZERO == pytest.approx(math.log(1e-4))
+
+
+def test_sce_strategy_defaults_options_and_validation():
+    model = nn.Linear(4, 3)
+    st = create_strategy("sce", model)
+    assert isinstance(st, SymmetricCE) and (st.alpha, st.beta) == (0.1, 1.0)
+    x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    st6 = create_strategy("sce", model, alpha=6.0, beta=0.1)
+    assert st6.train_step(x, y, torch.arange(6), 0).loss.item() == pytest.approx(
+        official_sce(model(x), y, 6.0, 0.1, 3).mean().item(), rel=1e-5)
+    with pytest.raises(UsageError, match="log_zero must be < 0"):
+        make_config("sce", {"log_zero": 0.0})
+    with pytest.raises(UsageError, match="not both 0"):
+        make_config("sce", {"alpha": 0.0, "beta": 0.0})
+
+
+# ---- training and presets -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["gce", "sce"])
+def test_robust_loss_learns_the_toy_task_under_30_percent_noise(name):
+    _, result = fit_toy(name, noise=0.3, epochs=8)
+    assert result.metrics["test_acc"] >= 0.9  # chance is 0.25; the clean test labels are learnt
+
+
+@pytest.mark.parametrize("name", ["ce", "coteach", "coteach_plus", "jocor", "gce", "sce"])
+def test_study_presets_are_valid_options(name):
+    presets = get_strategy(name).presets
+    assert set(presets) == {"quick", "paper"}
+    for options in presets.values():
+        make_config(name, options)  # a preset naming an unknown option or a bad value would raise here
