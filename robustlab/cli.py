@@ -13,6 +13,7 @@ from robustlab.engine import TrainConfig
 from robustlab.evaluate import TTA_MODES
 from robustlab.errors import UsageError
 from robustlab.experiment import Context, DataConfig
+from robustlab.precision import PRECISIONS
 from robustlab.schedules import OPTIMIZERS, SCHEDULES
 
 
@@ -117,7 +118,9 @@ def add_train_args(p: argparse.ArgumentParser, smoothing: bool = True) -> None:
         g.add_argument("--label-smoothing", type=unit_rate, default=None)
     g.add_argument("--early-stop", type=nonneg_int, default=None, help="patience in epochs on validation accuracy (0 = off)")
     g.add_argument("--tta", choices=TTA_MODES, default=None, help="test-time augmentation for the final evaluation")
-    g.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
+    g.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="auto (default: bf16 autocast + channels_last where the CPU/GPU has native bf16, else fp32) | fp32 | bf16")
+    g.add_argument("--no-amp", action="store_true", help="same as --precision fp32")
     g.add_argument("--compile", action="store_true", help="torch.compile the networks")
     a = p.add_argument_group("augmentation")
     a.add_argument("--crop-pad", type=nonneg_int, default=None, help="random-crop padding in pixels (0 = off)")
@@ -145,8 +148,9 @@ def apply_train_args(args, train: TrainConfig, augment: AugmentConfig) -> None:
          milestones=args.milestones, gamma=args.gamma, t0=args.t0, t_mult=args.t_mult)
     if args.no_nesterov:
         o.nesterov = False
-    if args.no_amp:
-        train.amp = False
+    if args.no_amp and args.precision not in (None, "fp32"):
+        raise UsageError(f"--no-amp contradicts --precision {args.precision}")
+    _set(train, precision="fp32" if args.no_amp else args.precision)
     if args.compile:
         train.compile = True
     _set(augment, crop_pad=args.crop_pad, pad_mode=args.pad_mode, cutout=args.cutout, rotate=args.rotate,

@@ -42,15 +42,16 @@ class SplitFeatures:
 
 def split_features(network: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean, std, device,
                    coarse: torch.Tensor | None = None, max_points: int | None = None, seed: int = 0,
-                   batch_size: int = 512) -> SplitFeatures:
-    """Features of (a seeded subsample of at most `max_points` of) uint8 `images`, normalized by (mean, std)."""
+                   batch_size: int = 512, precision: str = "auto") -> SplitFeatures:
+    """Features of (a seeded subsample of at most `max_points` of) uint8 `images`, normalized by (mean, std),
+    under the training precision policy (`auto`: bf16 where the device computes it natively)."""
     from robustlab.data import DeviceLoader, Normalize
     from robustlab.embeddings import extract_features, sample_indices
 
     keep = torch.as_tensor(sample_indices(len(labels), max_points, seed))
     loader = DeviceLoader(images[keep], labels[keep], batch_size, Normalize(mean, std), shuffle=False, device=device)
     network.to(device)
-    feats, labs = extract_features(network, loader, device=device)
+    feats, labs = extract_features(network, loader, device=device, precision=precision)
     return SplitFeatures(feats, labs, None if coarse is None else coarse[keep].cpu())
 
 

@@ -43,8 +43,9 @@ MAX_LEGEND_GROUPS = 20
 
 
 @torch.no_grad()
-def extract_features(model: torch.nn.Module, loader: Iterable, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run `model.forward_features` over `loader` in eval mode.
+def extract_features(model: torch.nn.Module, loader: Iterable, device=None,
+                     precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `model.forward_features` over `loader` in eval mode, under `precision` (robustlab.precision).
 
     `loader` yields (x, y, idx) or (x, y). Returns (float32 (N, D), int64 (N,)) CPU tensors in
     loader order. The model's train/eval mode is restored afterwards.
@@ -53,6 +54,9 @@ def extract_features(model: torch.nn.Module, loader: Iterable, device=None) -> t
     if device is None:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
+    from robustlab.precision import resolve_precision
+
+    policy = resolve_precision(precision, device, channels_last=False)
     was_training = model.training
     model.eval()
     feats, labels = [], []
@@ -60,7 +64,8 @@ def extract_features(model: torch.nn.Module, loader: Iterable, device=None) -> t
         for batch in loader:
             require(isinstance(batch, (tuple, list)) and len(batch) >= 2, "extract_features expects batches (x, y, idx) or (x, y)")
             x, y = batch[0], batch[1]
-            feats.append(model.forward_features(x.to(device)).float().cpu())
+            with policy.autocast():
+                feats.append(model.forward_features(x.to(device)).float().cpu())
             labels.append(torch.as_tensor(y).long().cpu())
     finally:
         model.train(was_training)

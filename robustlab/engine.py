@@ -1,6 +1,6 @@
 """The one training loop every strategy uses: a flat, readable loop with checkpoint and resume.
 
-fit() owns the optimizer, LR schedule, bf16 autocast and channels_last on CUDA, early stopping,
+fit() owns the optimizer, LR schedule, the precision policy (robustlab.precision), early stopping,
 the best checkpoint, a resumable checkpoint after every epoch, and the per-epoch history.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ from robustlab import distributed
 from robustlab.checkpoint import load_checkpoint, save_checkpoint
 from robustlab.errors import UsageError, require
 from robustlab.evaluate import TTA_MODES, classification_metrics, collect_logits, l2_term
+from robustlab.precision import PRECISIONS, resolve_precision
 from robustlab.schedules import OptimConfig, build_optimizer, build_scheduler, steps_per_iteration
 from robustlab.strategies.base import Strategy
 
@@ -31,8 +32,8 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 128
     optim: OptimConfig = field(default_factory=OptimConfig)
-    amp: bool = True              # bf16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = True    # on CUDA only
+    precision: str = "auto"       # auto | fp32 | bf16 (robustlab.precision: auto = bf16 where native)
+    channels_last: bool = True    # channels_last memory format whenever bf16 runs
     compile: bool = False         # torch.compile the networks
     early_stop_patience: int = 0  # epochs without validation improvement before stopping; 0 = never
     tta: str = "flip"             # extra final test evaluation with test-time augmentation
@@ -42,6 +43,8 @@ class TrainConfig:
     def validate(self) -> None:
         require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         require(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
+        require(self.precision in PRECISIONS,
+                f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         require(self.tta in TTA_MODES, f"unknown TTA mode {self.tta!r}; choose one of {', '.join(TTA_MODES)}")
         require(self.early_stop_patience >= 0, "early-stop patience must be >= 0")
         self.optim.validate()
@@ -54,6 +57,7 @@ class FitResult:
     best: dict             # epoch and metrics of the best checkpoint
     seconds: float
     stopped_early: bool = False
+    precision: dict = field(default_factory=dict)  # the resolved policy (Precision.describe())
 
 
 def _log(msg: str, quiet: bool) -> None:
@@ -76,12 +80,12 @@ def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, tes
     device = train_loader.device
     cuda = device.type == "cuda"
     strategy.to(device)
-    if cuda and cfg.channels_last:
-        strategy.to(memory_format=torch.channels_last)
+    precision = resolve_precision(cfg.precision, device, cfg.channels_last)
+    precision.prepare(strategy)
     if cfg.compile:
         for module in strategy.children():
             module.compile()
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and cfg.amp else None
+    autocast = precision.autocast if precision.bf16 else None
     info = distributed.current()
     train_module = distributed.wrap_for_training(strategy, device) if info.enabled else strategy
     if not info.is_main:  # only rank 0 writes checkpoints and logs
@@ -122,7 +126,7 @@ def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, tes
         t0 = time.perf_counter()
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         row.update(_train_epoch(strategy, train_module, train_loader, optimizer, scheduler if per_step else None,
-                                cfg, epoch, autocast, quiet, run_dir, train_pass_loader))
+                                cfg, epoch, autocast, quiet, run_dir, train_pass_loader, precision))
         seconds = time.perf_counter() - t0
         row.update(seconds=seconds, images_per_s=row.pop("_samples") / seconds)
         elapsed += seconds
@@ -184,11 +188,11 @@ def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, tes
     if history:
         metrics["train_seconds"] = elapsed
         metrics["images_per_s"] = sum(r["images_per_s"] for r in history) / len(history)
-    return FitResult(history, metrics, best, elapsed, stopped_early)
+    return FitResult(history, metrics, best, elapsed, stopped_early, precision.describe())
 
 
 def _train_epoch(strategy, train_module, loader, optimizer, scheduler, cfg, epoch, autocast, quiet, run_dir,
-                 train_pass_loader=None) -> dict:
+                 train_pass_loader=None, precision=None) -> dict:
     """One epoch; `train_module` is the strategy itself or its DDP wrapper (forward = train_step)."""
     if strategy.needs_train_pass:
         require(train_pass_loader is not None, f"strategy {strategy.name!r} needs a pass over the training set "
@@ -210,8 +214,8 @@ def _train_epoch(strategy, train_module, loader, optimizer, scheduler, cfg, epoc
         from tqdm import tqdm
         bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stderr)
     for step, (x, y, idx) in enumerate(loader):
-        if x.device.type == "cuda" and cfg.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        if precision is not None:
+            x = precision.format_input(x)
         with autocast() if autocast else contextlib.nullcontext():
             out = train_module(x, y, idx, epoch)
         optimizer.zero_grad(set_to_none=True)

@@ -29,10 +29,18 @@ def tta_logits(predict: Predict, x: torch.Tensor, mode: str = "none", shift: int
 
 
 @torch.no_grad()
-def collect_logits(predict: Predict, batches: Iterable, tta: str = "none", autocast=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run `predict` over (x, y, idx) batches; returns float logits (N, C) and labels (N,) on the device."""
+def collect_logits(predict: Predict, batches: Iterable, tta: str = "none", autocast=None,
+                   precision=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `predict` over (x, y, idx) batches; returns float logits (N, C) and labels (N,) on the device.
+
+    `autocast` is a callable returning a context; `precision` (a robustlab.precision.Precision)
+    gives both the autocast and the input memory format. Without either, fp32."""
     logits, labels = [], []
+    if precision is not None:
+        autocast = precision.autocast
     for x, y, *_ in batches:
+        if precision is not None:
+            x = precision.format_input(x)
         with autocast() if autocast else torch.autocast("cpu", enabled=False):
             out = tta_logits(predict, x, tta)
         logits.append(out.float())

@@ -42,6 +42,7 @@ from robustlab.errors import UsageError, cli_entry, require
 from robustlab.experiment import Context, DataConfig, ExperimentConfig, prepare_data, resolve_device
 from robustlab.fileio import write_text
 from robustlab.models import require_model
+from robustlab.precision import resolve_precision
 from robustlab.runs import load_run_network
 from studies.common import (csv_table, output_dirs, run_grid, save_figure, sgd_recipe, should_tabulate, study_parser,
                             write_table)
@@ -97,13 +98,16 @@ def eval_splits(record: dict, ctx: Context, test_size: int | None):
 @torch.no_grad()
 def logits_of(model, images: torch.Tensor, mean, std, device, corruption: str | None = None, severity: int = 0,
               generator: torch.Generator | None = None, batch: int = EVAL_BATCH) -> torch.Tensor:
-    """Logits for uint8 images; with a corruption, it is applied to the [0, 1] batch before normalization."""
+    """Logits for uint8 images; with a corruption, it is applied to the [0, 1] batch (in float32) before
+    normalization. The model runs under the training precision policy (bf16 where native)."""
+    policy = resolve_precision("auto", device, channels_last=False)
     out = []
     for i in range(0, len(images), batch):
         x = images[i:i + batch].to(device).float().div_(255)
         if corruption is not None and severity:
             x = corrupt(x, corruption, severity, generator)
-        out.append(model(normalize(x, mean, std)).float())
+        with policy.autocast():
+            out.append(model(normalize(x, mean, std)).float())
     return torch.cat(out)
 
 

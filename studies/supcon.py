@@ -237,7 +237,7 @@ def configure(args) -> tuple[Presets, list[str]]:
     t.epochs = args.pretrain_epochs or t.epochs
     t.batch_size = args.pretrain_batch_size or t.batch_size
     t.optim.lr = args.pretrain_lr or t.optim.lr
-    t.amp, t.compile = p.ce.train.amp, p.ce.train.compile
+    t.precision, t.compile = p.ce.train.precision, p.ce.train.compile
     if args.temperature:
         p.pretrain.strategy.options["temperature"] = args.temperature
     require_model(p.ce.model)

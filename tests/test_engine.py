@@ -18,6 +18,7 @@ from robustlab.evaluate import tta_logits
 from robustlab.experiment import Context, DataConfig, ExperimentConfig, run_experiment
 from robustlab.models import create_model
 from robustlab.models.base import Classifier
+from robustlab.precision import resolve_precision
 from robustlab.schedules import OptimConfig, warmup_cosine_factor
 from robustlab.strategies import CrossEntropy, StepOutput
 
@@ -209,7 +210,8 @@ def test_final_metrics_match_a_direct_evaluation(two_epochs):
     strategy, _, test, cfg, result = two_epochs
     m = result.metrics
     strategy.eval()
-    with torch.no_grad():
+    assert result.precision["precision"] == resolve_precision(cfg.precision, "cpu").name
+    with torch.no_grad(), resolve_precision(cfg.precision, "cpu").autocast():  # the policy fit() used
         x = Normalize(MEAN, STD)(test.images)
         logits = strategy.model(x)
     assert m["test_acc"] == pytest.approx((logits.argmax(1) == test.labels).float().mean().item())
