@@ -1,9 +1,13 @@
-"""How much does label noise hurt, and how much do label smoothing and Co-Teaching win back?
+"""How much does label noise hurt, and how much do noisy-label methods win back?
 
+    python -m studies.noisy_labels --noise 0.4 --methods ce,coteach,coteach_plus,jocor,dividemix,elr,gce,sce
     python -m studies.noisy_labels --noise 0.3 --coteach [--smooth 0.1] [--preset paper]
 
-Arms share model, data, budget and augmentation: clean_ce (clean labels), noisy_ce, noisy_ls
-(with --smooth) and noisy_coteach (with --coteach). Writes table.md/csv and figures.
+Every arm shares model, data, budget and augmentation: clean_ce (clean labels), then noisy_<method>
+for each registered strategy in --methods (default ce; --coteach adds coteach, --smooth EPS adds
+noisy_ls, cross-entropy with label smoothing). Each method's options for the preset come from its
+strategy class (`presets`). Validation labels carry the same noise as the training labels unless
+--clean-val. Writes table.md/csv, runs.csv, noise_report.json and figures.
 """
 from __future__ import annotations
 
@@ -11,19 +15,21 @@ import copy
 import json
 import sys
 
-from robustlab.cli import apply_data_args, apply_train_args, context_from_args, positive_int, unit_rate
-from robustlab.corruptions import NOISE_TYPES
+from robustlab.cli import apply_data_args, apply_train_args, context_from_args, name_list, positive_int, unit_rate
 from robustlab.errors import UsageError, cli_entry
 from robustlab.experiment import ExperimentConfig, StrategyConfig
 from robustlab.fileio import write_text
 from robustlab.models import require_model
 from robustlab.schedules import OptimConfig
-from robustlab.strategies.coteaching import remember_rate
-from studies.common import (aggregate, history_rows, output_dirs, plot_curves, run_grid, save_figure, should_tabulate,
-                            study_parser, write_table)
+from robustlab.corruptions import NOISE_TYPES
+from robustlab.strategies.registry import config_fields, get_strategy, list_strategies
+from studies.common import history_rows, plot_curves, study_parser
+from studies.skeleton import Results, Study, Table, run_study, seeds_of
 
-COLUMNS = ["arm", "noise_type", "noise_rate", "realized_noise", "test_acc_last", "test_acc_best", "test_loss",
-           "label_precision", "test_acc_ensemble", "test_ece", "train_seconds"]
+COLUMNS = ["arm", "noise_type", "noise_rate", "realized_noise", "test_acc_last", "test_acc_last10",
+           "test_acc_val_selected", "headline", "test_acc_net1", "test_acc_net2", "test_acc_ensemble",
+           "label_precision", "label_recall", "test_acc_best_oracle", "wall_seconds"]
+KEYS = ["arm", "noise_type", "noise_rate"]
 
 
 def preset(name: str) -> ExperimentConfig:
@@ -35,121 +41,138 @@ def preset(name: str) -> ExperimentConfig:
         cfg.train.epochs, cfg.train.batch_size = 20, 128
         cfg.train.optim = OptimConfig(optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="constant")
         cfg.augment.crop_pad = 0  # flip only: lets plain CE memorize the noise within the budget
-        cfg.strategy.options["num_gradual"] = 5
     else:
         cfg.model = "preact_resnet18"
         cfg.data.val_size = 5000
         cfg.train.epochs, cfg.train.batch_size = 100, 128
         cfg.train.optim = OptimConfig(optimizer="sgd", lr=0.02, weight_decay=5e-4, schedule="warmup_cosine",
                                       warmup_epochs=2)
-        cfg.strategy.options["num_gradual"] = 10
     cfg.train.tta = "none"
     return cfg
 
 
-def build_arms(base: ExperimentConfig, noise: float, noise_type: str, coteach: bool, smooth: float | None,
+def method_options(method: str, preset_name: str, args) -> dict:
+    """The method's recipe for the preset (from its strategy class), then the user's overrides."""
+    options = dict(getattr(get_strategy(method), "presets", {}).get(preset_name, {}))
+    fields = config_fields(method)
+    for key, value in (("num_gradual", args.num_gradual), ("forget_rate", args.forget_rate)):
+        if value is not None and key in fields:
+            options[key] = value
+    StrategyConfig(method, options).validate()
+    return options
+
+
+def build_arms(base: ExperimentConfig, methods: dict[str, StrategyConfig], noise: float, noise_type: str,
                seeds: list[int]) -> list[ExperimentConfig]:
+    """clean_ce, then one noisy arm per method (same data, model, budget), for every seed."""
     arms = []
     for seed in seeds:
-        def arm(tag: str, rate: float, strategy: StrategyConfig) -> ExperimentConfig:
+        clean = copy.deepcopy(base)
+        clean.tag, clean.seed, clean.data.noise_rate, clean.strategy = "clean_ce", seed, 0.0, StrategyConfig("ce")
+        arms.append(clean)
+        for tag, strategy in methods.items():
             cfg = copy.deepcopy(base)
-            cfg.tag, cfg.seed = tag, seed
-            cfg.data.noise_rate, cfg.data.noise_type = rate, noise_type
-            cfg.strategy = strategy
-            return cfg
-
-        gradual = base.strategy.options["num_gradual"]
-        arms.append(arm("clean_ce", 0.0, StrategyConfig("ce")))
-        arms.append(arm("noisy_ce", noise, StrategyConfig("ce")))
-        if smooth:
-            arms.append(arm("noisy_ls", noise, StrategyConfig("ce", {"smoothing": smooth})))
-        if coteach:
-            arms.append(arm("noisy_coteach", noise, StrategyConfig("coteach", {"num_gradual": gradual})))
+            cfg.tag, cfg.seed, cfg.strategy = tag, seed, copy.deepcopy(strategy)
+            cfg.data.noise_rate, cfg.data.noise_type = noise, noise_type
+            arms.append(cfg)
     return arms
 
 
 def table_row(run) -> dict:
     r, cfg = run.record, run.config
     m, hist = r["metrics"], r["history"]
-    return {"arm": cfg.tag, "noise_type": cfg.data.noise_type if cfg.data.noise_rate else "none",
-            "noise_rate": cfg.data.noise_rate, "realized_noise": (r["noise"] or {}).get("realized_rate", 0.0),
-            "test_acc_last": m["test_acc"], "test_acc_best": m["test_acc_best"], "test_loss": m["test_loss"],
-            "label_precision": hist[-1].get("label_precision"), "test_acc_ensemble": m.get("test_ensemble_acc"),
-            "test_ece": m.get("test_ece"), "train_seconds": m.get("train_seconds")}
+    last10 = [h["test_acc"] for h in hist[-10:]]
+    two_nets = "test_net2_acc" in m  # the strategy's predictor is net1, or the ensemble where net1 is listed apart
+    headline = ("ensemble" if "test_net1_acc" in m else "net1") if two_nets else ""
+    return {"arm": cfg.tag, "noise_type": cfg.data.noise_type if r.get("noise") else "none",
+            "noise_rate": cfg.data.noise_rate, "realized_noise": (r.get("noise") or {}).get("realized_rate", 0.0),
+            "test_acc_last": m["test_acc"], "test_acc_last10": sum(last10) / len(last10),
+            "test_acc_val_selected": (r.get("best") or {}).get("test_acc"), "headline": headline,
+            "test_acc_net1": m.get("test_net1_acc", m["test_acc"]) if two_nets else None,
+            "test_acc_net2": m.get("test_net2_acc"), "test_acc_ensemble": m.get("test_ensemble_acc"),
+            "label_precision": hist[-1].get("label_precision"), "label_recall": hist[-1].get("label_recall"),
+            "test_acc_best_oracle": m["test_acc_best"], "wall_seconds": r.get("wall_seconds")}
 
 
-def plot_schedule(tau: float, num_gradual: int, epochs: int, dirs) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    xs = list(range(1, epochs + 1))
-    ax.step(xs, [remember_rate(e - 1, tau, num_gradual) for e in xs], where="post")
-    ax.set(xlabel="epoch", ylabel="R(T): kept fraction", ylim=(0, 1.05), title=f"Co-Teaching schedule (tau={tau}, Tk={num_gradual})")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    save_figure(fig, "remember_rate", dirs)
+def plot_figures(res: Results) -> None:
+    hist = history_rows(res.runs, lambda r: r.config.tag)
+    plot_curves(hist, "test_acc", "test_acc", res.dirs, "test accuracy", "Test accuracy per epoch")
+    noisy = [r for r in res.runs if r.record.get("noise")]
+    clean_fraction = 1 - noisy[0].record["noise"]["realized_rate"] if noisy else None
+    plot_curves(hist, "label_precision", "label_precision", res.dirs, "label precision",
+                "Selection precision: clean fraction of the kept samples",
+                reference=(clean_fraction, "clean fraction of the noisy labels"))
+    plot_curves(hist, "remember_rate", "remember_rate", res.dirs, "R(T): kept fraction", "Small-loss schedules")
 
 
 def build_parser():
     p = study_parser("noisy_labels", __doc__)
     g = p.add_argument_group("noisy labels")
-    g.add_argument("--noise", type=unit_rate, default=0.3, help="label noise rate in (0, 1)")
-    g.add_argument("--noise-type", choices=NOISE_TYPES, default="symmetric")
-    g.add_argument("--coteach", action="store_true", help="add the Co-Teaching arm")
-    g.add_argument("--smooth", type=unit_rate, default=None, metavar="EPS", help="add a label-smoothing arm")
-    g.add_argument("--noisy-val", action="store_true", help="corrupt the validation labels too (default: clean)")
+    g.add_argument("--noise", type=unit_rate, default=None, help="label noise rate in (0, 1) (default 0.3)")
+    g.add_argument("--noise-type", default="symmetric",
+                   help="label noise (robustlab.corruptions; a type with a source, e.g. human:worst, sets its own rate)")
+    g.add_argument("--methods", type=name_list, default=None, metavar="M[,M]",
+                   help="registered strategies, one arm noisy_<M> each (default: ce)")
+    g.add_argument("--coteach", action="store_true", help="add the Co-Teaching arm (same as adding coteach to --methods)")
+    g.add_argument("--smooth", type=unit_rate, default=None, metavar="EPS", help="add a label-smoothing arm noisy_ls")
+    g.add_argument("--clean-val", action="store_true", help="keep the validation labels clean (default: noisy, "
+                                                            "as a user without clean labels would have them)")
     g.add_argument("--model", default=None, help="override the preset's model")
-    g.add_argument("--num-gradual", type=positive_int, default=None, help="Co-Teaching: epochs to reach the full forget rate")
+    g.add_argument("--num-gradual", type=positive_int, default=None, help="small-loss methods: epochs to the full forget rate")
+    g.add_argument("--forget-rate", type=unit_rate, default=None,
+                   help="small-loss methods: your own noise-rate estimate (default: the realised rate, an oracle)")
     return p
+
+
+def choose_methods(args) -> dict[str, StrategyConfig]:
+    names = list(args.methods or ["ce"]) + (["coteach"] if args.coteach and "coteach" not in (args.methods or []) else [])
+    unknown = [m for m in names if m not in list_strategies()]
+    if unknown:
+        raise UsageError(f"unknown method(s) {', '.join(unknown)}; registered strategies: {', '.join(list_strategies())}")
+    methods = {f"noisy_{m}": StrategyConfig(m, method_options(m, args.preset, args)) for m in dict.fromkeys(names)}
+    if args.smooth:
+        methods["noisy_ls"] = StrategyConfig("ls", {"smoothing": args.smooth})
+    return methods
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.noise == 0:
-        raise UsageError("--noise 0 leaves nothing to study (and Co-Teaching needs noise); use a rate in (0, 1)")
+    sourced = ":" in args.noise_type  # e.g. human:worst: the labels come from a file, with their own rate
+    noise = args.noise if args.noise is not None else (0.0 if sourced else 0.3)
+    if not sourced and args.noise_type not in NOISE_TYPES:  # sourced types are checked by the data layer
+        raise UsageError(f"unknown --noise-type {args.noise_type!r}; choose from {', '.join(NOISE_TYPES)} "
+                         f"or a sourced type such as human:worst")
+    if noise == 0 and not sourced:
+        raise UsageError("--noise 0 leaves nothing to study; use a rate in (0, 1)")
     base = preset(args.preset)
-    if args.model:
-        base.model = args.model
-    if args.num_gradual:
-        base.strategy.options["num_gradual"] = args.num_gradual
-    base.data.noisy_val = args.noisy_val
+    base.model = args.model or base.model
+    base.data.noisy_val = not args.clean_val
     apply_data_args(args, base.data)
     apply_train_args(args, base.train, base.augment)
     require_model(base.model)
+    methods = choose_methods(args)
     ctx = context_from_args(args, resume=args.resume)
-    arms = build_arms(base, args.noise, args.noise_type, args.coteach, args.smooth, args.seeds or [0])
-    runs = run_grid(arms, args, ctx)
-    if not should_tabulate(args) or not runs:
-        return 0
+    arms = build_arms(base, methods, noise, args.noise_type, args.seeds or [0])
 
-    dirs = output_dirs(args)
-    rows = [table_row(r) for r in runs]
-    keys = ["arm", "noise_type", "noise_rate"]
-    metrics = [c for c in COLUMNS if c not in keys]
-    table = aggregate(rows, keys, metrics)
-    note = (f"{base.data.dataset}, model {base.model}, preset {args.preset}, {base.train.epochs} epochs, "
-            f"seeds {sorted({r.config.seed for r in runs})}. Accuracies on the clean test split.")
-    print(write_table(table, COLUMNS, dirs, title="Noisy labels", note=note))
-    write_table(rows, COLUMNS + ["seed"], [dirs[0]], stem="runs")
-    noisy = [r for r in runs if r.record.get("noise")]
-    if noisy:
-        report = noisy[0].record["noise"]
-        print(f"realized noise {report['realized_rate']:.4f} ({args.noise_type}, nominal {args.noise})", file=sys.stderr)
-        write_text(dirs[0] / "noise_report.json", json.dumps(report, indent=1))
+    def tables(runs):
+        val = "clean (--clean-val)" if args.clean_val else "noisy (same noise as training)"
+        note = (f"{base.data.dataset}, model {base.model}, preset {args.preset}, {base.train.epochs} epochs, seeds "
+                f"{seeds_of(runs)}. Validation labels: {val}. Accuracies on the clean test split: last epoch, "
+                f"mean of the last 10 epochs, and the epoch chosen on validation; test_acc_* of two-network methods "
+                f"is the predictor named in `headline` (net1/net2/ensemble listed apart). label_precision/recall: the "
+                f"last epoch's selection. test_acc_best_oracle picks the epoch on the test split (an oracle).")
+        return [Table(COLUMNS, KEYS, "Noisy labels", note)]
 
-    hist = history_rows(runs, lambda r: r.config.tag)
-    plot_curves(hist, "test_acc", "test_acc", dirs, "test accuracy", "Test accuracy per epoch")
-    coteach = [h for h in hist if h["arm"] == "noisy_coteach"]
-    if coteach:
-        clean_fraction = 1 - noisy[0].record["noise"]["realized_rate"] if noisy else None
-        plot_curves(coteach, "label_precision", "label_precision", dirs, "label precision",
-                    "Co-Teaching: clean fraction of the kept samples",
-                    reference=(clean_fraction, "clean fraction of the noisy labels"))
-        plot_schedule(args.noise, base.strategy.options["num_gradual"], base.train.epochs, dirs)
-    return 0
+    def figures(res: Results) -> None:
+        noisy = [r for r in res.runs if r.record.get("noise")]
+        if noisy:
+            report = noisy[0].record["noise"]
+            print(f"realized noise {report['realized_rate']:.4f} ({args.noise_type})", file=sys.stderr)
+            write_text(res.dirs[0] / "noise_report.json", json.dumps(report, indent=1))
+        plot_figures(res)
+
+    return run_study(Study(arms, table_row, tables, figures), args, ctx)
 
 
 if __name__ == "__main__":
