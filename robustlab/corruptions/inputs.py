@@ -1,4 +1,10 @@
-"""Common image corruptions in the style of CIFAR-10-C, applied on the fly to whole batches.
+"""Common image corruptions of CIFAR-10-C, applied on the fly to whole batches.
+
+The 15 benchmark corruptions of Hendrycks & Dietterich (ICLR 2019) and the 4 extra ones of their
+release, with the per-severity parameters of the CIFAR generator (`make_cifar_c.py` in
+hendrycks/robustness). Noise, Gaussian/defocus blur and photometric/digital ones live here; glass,
+motion and zoom blur in `blur`, snow, frost and spatter in `weather`, elastic in `elastic`.
+`CORRUPTION_FAMILIES`, `BENCHMARK_CORRUPTIONS` and `EXTRA_CORRUPTIONS` group them as the paper does.
 
 Every corruption takes float images in [0, 1] of shape (N, C, H, W) on any device and returns a
 tensor of the same shape, dtype and device, clipped to [0, 1]. Severity 0 is the identity and
@@ -20,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from robustlab.corruptions import _ops as ops
 from robustlab.errors import require
 
 Corruption = Callable[..., torch.Tensor]  # (images, severity=1, generator=None) -> images
@@ -73,7 +80,8 @@ def _register(name: str, levels: Sequence):
             return out.clamp(0, 1).to(images.dtype)
 
         run.__name__ = run.__qualname__ = apply.__name__
-        run.__doc__ = (apply.__doc__ or "") + f"\n\nPer-severity parameters (1-5): {tuple(levels)}."
+        run.__doc__ = ((apply.__doc__ or "") + f"\n\nSource: `{name}` in hendrycks/robustness, ImageNet-C/create_c/"
+                       f"make_cifar_c.py. Per-severity parameters (1-5): {tuple(levels)}.")
         INPUT_CORRUPTIONS[name] = run
         SEVERITY_PARAMS[name] = tuple(levels)
         return run
@@ -81,14 +89,7 @@ def _register(name: str, levels: Sequence):
     return wrap
 
 
-def _rand(shape, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    device = generator.device if generator is not None else like.device
-    return torch.rand(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
-
-
-def _randn(shape, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    device = generator.device if generator is not None else like.device
-    return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+_rand, _randn = ops.rand, ops.randn
 
 
 def _pad_mode(x: torch.Tensor, pad: int) -> str:
@@ -105,10 +106,7 @@ def _depthwise(x: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.Tensor
     return F.conv2d(padded, kernel.to(x)[None, None]).reshape(n, c, h, w)
 
 
-def _gaussian_1d(sigma: float, radius: int, dtype=torch.float64) -> torch.Tensor:
-    t = torch.arange(-radius, radius + 1, dtype=dtype)
-    k = torch.exp(-(t**2) / (2 * sigma**2))
-    return k / k.sum()
+_gaussian_1d = ops.gaussian_1d
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,6 +133,12 @@ def impulse_noise(x, amount, generator):
     hit = _rand(x.shape, x, generator) < amount
     salt = _rand(x.shape, x, generator) < 0.5
     return torch.where(hit, salt.to(x.dtype), x)
+
+
+@_register("speckle_noise", (0.06, 0.10, 0.12, 0.16, 0.20))
+def speckle_noise(x, std, generator):
+    """Multiplicative Gaussian noise: x + x * N(0, std^2). Extra corruption (not in the 15-corruption mean)."""
+    return x + x * std * _randn(x.shape, x, generator)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,6 +192,27 @@ def brightness(x, shift, generator):
     new_value = (value + shift).clamp(max=1.0)
     scaled = x * (new_value / value.clamp(min=1e-12))
     return torch.where(value > 0, scaled, new_value.expand_as(x))
+
+
+@_register("saturate", ((0.3, 0.0), (0.1, 0.0), (1.5, 0.0), (2.0, 0.1), (2.5, 0.2)))
+def saturate(x, scale_and_shift, generator):
+    """HSV saturation S -> clip(S * scale + shift, 0, 1), hue and value kept. Extra corruption.
+
+    With V = max and m = min over RGB, S = (V - m) / V and every channel is V - S * V * k(hue), so
+    a new saturation S' gives channel' = V - (S' / S) (V - channel) without the conversions. Grey
+    pixels (S = 0) have hue 0 in skimage's rgb2hsv, the generator's conversion: they become
+    (V, V (1 - S'), V (1 - S')), a red tint when shift > 0. Severity 2 (x0.1) desaturates more
+    than severity 1 (x0.3), as in the generator.
+    """
+    require(x.shape[1] == 3, f"saturate needs RGB images (3 channels), got {x.shape[1]}")
+    scale, shift = scale_and_shift
+    value = x.amax(dim=1, keepdim=True)
+    spread = value - x.amin(dim=1, keepdim=True)
+    sat = spread / value.clamp(min=1e-12)
+    new_sat = (sat * scale + shift).clamp(0, 1)
+    coloured = value - (new_sat / sat.clamp(min=1e-12)) * (value - x)
+    red = torch.cat([value, value * (1 - new_sat), value * (1 - new_sat)], dim=1)
+    return torch.where(spread > 0, coloured, red)
 
 
 @_register("fog", ((0.2, 3.0), (0.5, 3.0), (0.75, 2.5), (1.0, 2.0), (1.5, 1.75)))
@@ -283,11 +308,40 @@ def _box_resize_matrix(size_in: int, size_out: int) -> torch.Tensor:
     return weights / weights.sum(dim=1, keepdim=True)
 
 
+# ---------------------------------------------------------------------------------------------
+# the other families register themselves on import
+
+from robustlab.corruptions import blur, elastic, weather  # noqa: E402,F401
+
+# Hendrycks & Dietterich (2019): 15 benchmark corruptions in four families, and 4 extra ones
+# released for validation (speckle noise, Gaussian blur, spatter, saturate), reported apart.
+CORRUPTION_FAMILIES: dict[str, tuple[str, ...]] = {
+    "noise": ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise"),
+    "blur": ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur", "gaussian_blur"),
+    "weather": ("snow", "frost", "fog", "brightness", "spatter"),
+    "digital": ("contrast", "elastic_transform", "pixelate", "jpeg_compression", "saturate"),
+}
+EXTRA_CORRUPTIONS: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+BENCHMARK_CORRUPTIONS: tuple[str, ...] = tuple(
+    c for family in CORRUPTION_FAMILIES.values() for c in family if c not in EXTRA_CORRUPTIONS)
+assert len(BENCHMARK_CORRUPTIONS) == 15 and set(BENCHMARK_CORRUPTIONS) | set(EXTRA_CORRUPTIONS) == set(INPUT_CORRUPTIONS)
+
+
+def corruption_family(name: str) -> str:
+    """'noise', 'blur', 'weather' or 'digital'."""
+    require(name in INPUT_CORRUPTIONS, f"unknown input corruption {name!r}; known corruptions: {', '.join(list_input_corruptions())}")
+    return next(f for f, names in CORRUPTION_FAMILIES.items() if name in names)
+
+
 __all__ = [
+    "BENCHMARK_CORRUPTIONS",
+    "CORRUPTION_FAMILIES",
+    "EXTRA_CORRUPTIONS",
     "INPUT_CORRUPTIONS",
     "SEVERITY_PARAMS",
     "MAX_SEVERITY",
     "corrupt",
+    "corruption_family",
     "list_input_corruptions",
     *INPUT_CORRUPTIONS,
 ]
