@@ -57,6 +57,9 @@ def test_train_step_loss_label_precision_and_ensemble():
     kept = torch.cat([keep_by_1, keep_by_2])
     precision = (clean[kept] == y[kept]).float().mean().item()
     assert st.epoch_metrics()["label_precision"] == pytest.approx(precision)
+    # recall: kept clean samples over the batch's 3 clean samples, once per network's selection
+    recall = (clean[kept] == y[kept]).sum().item() / (2 * 3)
+    assert st.epoch_metrics()["label_recall"] == pytest.approx(recall)
     assert st.epoch_metrics()["remember_rate"] == pytest.approx(0.5)
     ens = EnsembleLogits(st.model, st.peer)(torch.zeros(4, 1))
     ref = ((logits1.softmax(1) + logits2.softmax(1)) / 2).log()
@@ -66,3 +69,27 @@ def test_train_step_loss_label_precision_and_ensemble():
 def test_bad_forget_rate_is_a_usage_error():
     with pytest.raises(UsageError):
         CoTeaching(nn.Linear(2, 2), nn.Linear(2, 2), forget_rate=1.0)
+
+
+def test_precision_and_recall_by_hand_and_reset_each_epoch():
+    # Every label 0; net 1 is most sure of samples 0, 1, net 2 of samples 2, 3 (keep 2 of 4 each).
+    y = torch.zeros(4, dtype=torch.long)
+    clean = torch.tensor([0, 1, 0, 0])  # sample 1 is mislabelled
+    st = CoTeaching(FixedLogits(torch.tensor([[4.0, 0], [3.0, 0], [0.0, 0], [-1.0, 0]])),
+                    FixedLogits(torch.tensor([[-1.0, 0], [0.0, 0], [3.0, 0], [4.0, 0]])),
+                    forget_rate=0.5, num_gradual=0, clean_labels=clean)
+    st.on_epoch_start(0, 2)
+    st.train_step(torch.zeros(4, 1), y, torch.arange(4), 0)
+    m = st.epoch_metrics()
+    assert m["label_precision"] == pytest.approx(3 / 4)  # kept {0, 1} and {2, 3}: 3 clean of 4
+    assert m["label_recall"] == pytest.approx(3 / 6)     # 3 clean samples per selection, 2 selections
+    st.on_epoch_start(1, 2)
+    assert "label_precision" not in st.epoch_metrics() and "label_recall" not in st.epoch_metrics()
+
+
+def test_bf16_logits_are_ranked_in_float32():
+    y = torch.tensor([0, 0])
+    st = CoTeaching(FixedLogits(torch.tensor([[1.0, 0.0], [2.0, 0.0]]).bfloat16()),
+                    FixedLogits(torch.tensor([[1.0, 0.0], [2.0, 0.0]]).bfloat16()), forget_rate=0.0)
+    st.on_epoch_start(0, 1)
+    assert st.train_step(torch.zeros(2, 1), y, torch.arange(2), 0).loss.dtype == torch.float32
