@@ -77,6 +77,8 @@ def test_after_init_epoch_each_net_learns_from_its_peers_small_loss_disagreeing_
     # kept: {3, 4, 6} and {1, 4, 7}: 4 clean of 6 kept; recall: 4 of 2 x 6 clean samples in the batch
     assert m["label_precision"] == pytest.approx(4 / 6)
     assert m["label_recall"] == pytest.approx(4 / 12)
+    st.on_epoch_start(3, 10)  # the counts are per epoch
+    assert st.epoch_metrics() == {"remember_rate": pytest.approx(0.6)}
 
 
 def test_before_init_epoch_it_is_a_co_teaching_step_over_the_whole_batch():
@@ -116,6 +118,7 @@ def test_options_defaults_and_validation():
     assert st.init_epoch == 20 and st.tau == pytest.approx(0.35) and st.num_gradual == 10
     assert st.options() == {"forget_rate": pytest.approx(0.35), "num_gradual": 10, "exponent": 1.0, "init_epoch": 20}
     assert set(st.extra_predictors()) == {"net2", "ensemble"}
+    assert create_strategy("coteach_plus", context=ctx, init_epoch=3).init_epoch == 3
     with pytest.raises(UsageError, match="init_epoch must be >= 0"):
         make_config("coteach_plus", {"init_epoch": -1})
     with pytest.raises(UsageError, match="needs a forget rate"):

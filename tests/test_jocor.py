@@ -98,6 +98,13 @@ def test_both_nets_learn_only_from_the_samples_with_the_smallest_joint_loss():
     assert m["remember_rate"] == 0.5
 
 
+def test_at_least_one_sample_is_kept():
+    st = JoCoR(PerSampleLogits(MARGINS1), PerSampleLogits(MARGINS2), forget_rate=0.9, num_gradual=0)  # int(0.1 * 6) = 0
+    st.on_epoch_start(0, 1)
+    st.train_step(IDS, Y, IDS, 0).loss.backward()
+    assert rows_with_grad(st.model) == rows_with_grad(st.peer) == {0}  # the smallest joint loss
+
+
 def test_co_regularisation_sends_gradient_into_both_networks():
     st = JoCoR(PerSampleLogits([2.0]), PerSampleLogits([-1.0]), forget_rate=0.0, num_gradual=0, co_lambda=1.0)
     st.on_epoch_start(0, 1)
@@ -114,6 +121,7 @@ def test_options_defaults_and_validation():
     assert st.co_lambda == 0.9 and st.tau == pytest.approx(0.4) and st.num_gradual == 10
     assert st.options() == {"forget_rate": pytest.approx(0.4), "num_gradual": 10, "exponent": 1.0, "co_lambda": 0.9}
     assert set(st.extra_predictors()) == {"net2", "ensemble"}
+    assert create_strategy("jocor", context=ctx, co_lambda=0.5, forget_rate=0.2).co_lambda == 0.5
     for bad in (-0.1, 1.5):
         with pytest.raises(UsageError, match="co_lambda must be in"):
             make_config("jocor", {"co_lambda": bad})
