@@ -44,7 +44,8 @@ def fit_toy(name: str, noise: float = 0.3, epochs: int = 8, n_train: int = 192, 
     strategy = create_strategy(name, context=ctx, **options)
     cfg = TrainConfig(epochs=epochs, batch_size=32, tta="none", precision="fp32",
                       optim=OptimConfig(optimizer="adam", lr=1e-2, weight_decay=0.0, schedule="constant"))
+    whole = DeviceLoader(train_x, noisy, 96, NORM, shuffle=False) if strategy.needs_train_pass else None
     result = fit(strategy, DeviceLoader(train_x, noisy, 32, NORM, seed=0), cfg,
                  test_loader=DeviceLoader(images[n_train:], clean[n_train:], 96, NORM, shuffle=False),
-                 quiet=True, num_classes=CLASSES)
+                 quiet=True, num_classes=CLASSES, train_pass_loader=whole)
     return strategy, result

@@ -65,6 +65,54 @@ def test_gce_strategy_averages_in_float32_and_validates_q():
             make_config("gce", {"q": bad})
 
 
+class PerSampleLogits(nn.Module):
+    """Logits looked up per sample id (the input): a row receives gradient only if that sample is used."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.table = nn.Parameter(logits.clone())
+
+    def forward(self, ids):
+        return self.table[ids]
+
+
+def test_truncated_gce_holds_the_pruned_samples_at_the_constant_lq_of_k():
+    st = GeneralizedCE(PerSampleLogits(LOGITS), q=0.7, truncate_k=0.5, num_train=3)
+    st.kept.copy_(torch.tensor([True, True, False]))  # sample 2 (p_y = 0.016) truncated
+    out = st.train_step(torch.arange(3), Y, torch.arange(3), 0)
+    lq = generalized_ce(LOGITS, Y, 0.7)
+    constant = (1 - 0.5 ** 0.7) / 0.7  # L_q(k) = 0.54083
+    assert out.loss.item() == pytest.approx((lq[0] + lq[1] + constant).item() / 3, rel=1e-6)
+    out.loss.backward()
+    assert st.model.table.grad[:2].abs().sum() > 0 and not st.model.table.grad[2].any()
+
+
+def test_truncated_gce_prunes_p_y_below_k_on_schedule_and_measures_the_selection():
+    st = GeneralizedCE(PerSampleLogits(LOGITS), q=0.7, truncate_k=0.5, num_train=3, prune_start=40, prune_every=10,
+                       clean_labels=torch.tensor([0, 2, 1]))  # sample 2's label (0) is wrong
+    assert st.needs_train_pass
+    # 1-based epochs 40, 50, ...: the passes before 0-based epochs 39, 49
+    assert [e for e in range(60) if st.prunes_before(e)] == [39, 49, 59]
+    batches = [(torch.tensor([0, 1]), Y[:2], torch.tensor([0, 1])), (torch.tensor([2]), Y[2:], torch.tensor([2]))]
+    st.on_train_pass(38, batches)
+    assert st.kept.all() and st.epoch_metrics() == {}  # no pruning yet: every sample counts
+    # p_y: 0.787, 0.665, 0.016 -> sample 2 is truncated
+    st.on_train_pass(39, batches)
+    assert st.kept.tolist() == [True, True, False]
+    assert st.epoch_metrics() == {"kept_fraction": pytest.approx(2 / 3), "label_precision": 1.0, "label_recall": 1.0}
+    assert not GeneralizedCE(nn.Linear(2, 3)).needs_train_pass  # plain L_q: no pass over the training set
+    with pytest.raises(UsageError, match="truncate_k must be in"):
+        make_config("gce", {"truncate_k": 1.0})
+
+
+def test_truncated_gce_trains_and_reports_its_selection():
+    _, result = fit_toy("gce", noise=0.3, epochs=6, truncate_k=0.5, prune_start=4, prune_every=2)
+    hist = result.history
+    assert all("kept_fraction" not in row for row in hist[:3])
+    assert hist[3]["label_precision"] > 0.85  # the kept samples are cleaner than the 70% clean labels
+    assert result.metrics["test_acc"] >= 0.6  # chance: 0.25
+
+
 # ---- SCE ----------------------------------------------------------------------------------------
 
 def test_rce_by_hand_with_the_official_clamps():
