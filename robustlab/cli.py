@@ -95,6 +95,19 @@ def add_data_args(p: argparse.ArgumentParser, dataset: str = "cifar10") -> None:
     g.add_argument("--val-size", type=nonneg_int, default=None, help="validation images carved from train (by seed)")
     g.add_argument("--train-size", type=positive_int, default=None, help="class-balanced training subset size")
     g.add_argument("--test-size", type=positive_int, default=None, help="class-balanced test subset (quick runs only)")
+    g.add_argument("--noise-file", default=None, metavar="PATH",
+                   help="noisy labels: a CIFAR-N .pt for --noise-type human:<set> (default: cifar-n/ beside the "
+                        "dataset), or your own .npy/.csv/.pt with one label per training image in dataset order")
+
+
+def noise_type(text: str) -> str:
+    """argparse type for --noise-type: the forms `robustlab.corruptions.dataset_noise` knows."""
+    from robustlab.corruptions.dataset_noise import parse_noise_type
+
+    try:
+        return parse_noise_type(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_train_args(p: argparse.ArgumentParser, smoothing: bool = True) -> None:
@@ -163,6 +176,8 @@ def apply_train_args(args, train: TrainConfig, augment: AugmentConfig) -> None:
 
 def apply_data_args(args, data: DataConfig) -> None:
     _set(data, dataset=args.dataset, val_size=args.val_size, train_size=args.train_size, test_size=args.test_size)
+    if args.noise_file is not None:
+        data.noise_file = str(Path(args.noise_file).expanduser().resolve())
 
 
 def context_from_args(args, resume: bool = False) -> Context:

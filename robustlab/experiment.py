@@ -34,6 +34,7 @@ class DataConfig:
     noise_type: str = "symmetric"
     noise_rate: float = 0.0         # fraction of training labels corrupted
     noisy_val: bool = False         # corrupt the validation labels too
+    noise_file: str | None = None   # label file for human:<set> / file noise (default: cifar-n/ beside the data)
 
 
 @dataclass
@@ -112,7 +113,11 @@ def prepare_data(cfg: DataConfig, seed: int, ctx: Context) -> PreparedData:
     splits = make_splits(train, test, cfg.val_size, cfg.train_size, cfg.test_size, seed)
     clean = splits.train.labels.clone()
     noise = None
-    if cfg.noise_rate > 0:
+    from robustlab.corruptions.dataset_noise import apply_dataset_noise, is_dataset_noise
+    if is_dataset_noise(cfg.noise_type) or cfg.noise_file:  # per-image labels: CIFAR-N, file, instance, twin
+        noise = apply_dataset_noise(splits, train, cfg.noise_type, cfg.noise_rate, seed, cfg.dataset,
+                                    ctx.data_dir, cfg.noise_file, cfg.noisy_val)
+    elif cfg.noise_rate > 0:
         from robustlab.corruptions import corrupt_labels, noise_report
 
         coarse = splits.train.coarse_labels

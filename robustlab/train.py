@@ -6,7 +6,8 @@ import sys
 
 from robustlab import distributed
 from robustlab.cli import (Parser, add_context_args, add_data_args, add_train_args, apply_data_args,
-                           apply_train_args, context_from_args, nonneg_int, unit_rate)
+                           apply_train_args, context_from_args, noise_type, nonneg_int, unit_rate)
+from robustlab.corruptions.dataset_noise import NOISE_TYPE_HELP
 from robustlab.errors import UsageError, cli_entry
 from robustlab.experiment import ExperimentConfig, StrategyConfig, run_experiment
 from robustlab.records import record_path
@@ -36,7 +37,8 @@ def build_parser() -> Parser:
                    help="a strategy option, e.g. forget_rate=0.2 (repeatable)")
     p.add_argument("--list-strategies", action="store_true", help="print the strategies and their options, then exit")
     p.add_argument("--noise-rate", type=unit_rate, default=0.0, help="fraction of corrupted training labels")
-    p.add_argument("--noise-type", default="symmetric", help="symmetric | uniform | pair | asymmetric")
+    p.add_argument("--noise-type", type=noise_type, default=None,
+                   help=f"{NOISE_TYPE_HELP} (default: file with --noise-file, else symmetric)")
     p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH",
                    help="continue from PATH, or from the run's last checkpoint under --out")
@@ -60,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
                            strategy=StrategyConfig(name=args.strategy, options=options))
     cfg.strategy.validate()  # unknown name or option: one line listing what exists
     cfg.train.epochs = 10
-    cfg.data.noise_rate, cfg.data.noise_type = args.noise_rate, args.noise_type
+    cfg.data.noise_rate = args.noise_rate
+    cfg.data.noise_type = args.noise_type or ("file" if args.noise_file else "symmetric")
     apply_data_args(args, cfg.data)
     apply_train_args(args, cfg.train, cfg.augment)
     from robustlab.models import create_model

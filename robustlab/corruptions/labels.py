@@ -229,3 +229,24 @@ def noise_report(clean: Any, noisy: Any, num_classes: int) -> NoiseReport:
 
 def list_label_noises() -> Sequence[str]:
     return NOISE_TYPES
+
+
+def corrupt_with_transition(labels: Any, transition: Any, seed: int = 0) -> np.ndarray:
+    """Class-conditional noise drawn from a given transition matrix: noisy_i ~ T[clean_i].
+
+    With T the empirical matrix of another noisy label set (`noise_report(...).transition`), this
+    is that noise's class-conditional twin: the same confusions between classes, but independent
+    of the image. Deterministic for a given `seed`; returns int64 labels.
+    """
+    t = np.asarray(transition, dtype=np.float64)
+    require(t.ndim == 2 and t.shape[0] == t.shape[1] and t.shape[0] >= 2,
+            f"transition matrix must be square (C, C) with C >= 2, got shape {t.shape}")
+    require(isinstance(seed, (int, np.integer)), f"seed must be an integer, got {seed!r}")
+    c = t.shape[0]
+    clean = _as_label_array(labels, c)
+    rows = t[np.unique(clean)]
+    require(bool(np.all(rows >= 0)) and np.allclose(rows.sum(axis=1), 1.0, atol=1e-6),
+            "every transition-matrix row of a class present in the labels must be a probability distribution")
+    cdf = np.cumsum(t, axis=1)
+    u = np.random.default_rng(int(seed)).random(clean.size)
+    return np.minimum((cdf[clean] <= u[:, None]).sum(axis=1), c - 1).astype(np.int64)

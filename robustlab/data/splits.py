@@ -18,6 +18,8 @@ class DataSplits:
     test: ImageDataset
     mean: tuple[float, float, float]  # per-channel, in [0, 1], from the training split
     std: tuple[float, float, float]
+    train_index: np.ndarray | None = None  # position of each train/val sample in the full training set
+    val_index: np.ndarray | None = None    # (per-image label sets such as CIFAR-N follow the samples)
 
     @property
     def num_classes(self) -> int:
@@ -57,7 +59,7 @@ def make_splits(train: ImageDataset, test: ImageDataset, val_size: int = 5000, t
         raise UsageError(f"validation size {val_size} plus training size {train_size or train.num_classes} exceeds the {n} training images")
     labels = train.labels.numpy()
     rest = np.arange(n)
-    val = None
+    val, val_pos = None, rest[:0]
     if val_size:
         val_pos, rest_pos = _stratified_take(labels, val_size, seed)
         val, rest = train.subset(val_pos), rest[rest_pos]
@@ -71,7 +73,7 @@ def make_splits(train: ImageDataset, test: ImageDataset, val_size: int = 5000, t
         take, _ = _stratified_take(test.labels.numpy(), test_size, 0)
         test = test.subset(take)
     mean, std = channel_stats(train_split.images)
-    return DataSplits(train_split, val, test, mean, std)
+    return DataSplits(train_split, val, test, mean, std, train_index=rest, val_index=val_pos if val is not None else None)
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
