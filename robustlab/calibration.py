@@ -159,19 +159,17 @@ def fit_temperature(logits: Any, labels: Any, max_iter: int = 50) -> float:
 # plotting
 
 
-def plot_reliability_diagram(
+def reliability_figure(
     probs_or_logits: Any,
     labels: Any,
-    path: str | Path,
     title: str | None = None,
     n_bins: int = 15,
     from_logits: bool = False,
-) -> Path:
-    """Save a reliability diagram (accuracy per confidence bin vs the diagonal) as a PNG."""
+):
+    """A reliability diagram (accuracy per confidence bin vs the diagonal) as a matplotlib Figure;
+    the caller closes it (`plt.close(fig)`)."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    require(path.suffix.lower() == ".png", f"reliability diagram path must end in .png, got {str(path)!r}")
     bins = reliability_bins(probs_or_logits, labels, n_bins=n_bins, from_logits=from_logits)
     width = 1.0 / n_bins
     left = bins.edges[:-1]
@@ -190,6 +188,27 @@ def plot_reliability_diagram(
         ax.set_title(f"{title}\n{ece_text}" if title else ece_text)
         ax.legend(loc="upper left", fontsize=8)
         fig.tight_layout()
+    except BaseException:
+        plt.close(fig)
+        raise
+    return fig
+
+
+def plot_reliability_diagram(
+    probs_or_logits: Any,
+    labels: Any,
+    path: str | Path,
+    title: str | None = None,
+    n_bins: int = 15,
+    from_logits: bool = False,
+) -> Path:
+    """Save a reliability diagram (accuracy per confidence bin vs the diagonal) as a PNG."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    require(path.suffix.lower() == ".png", f"reliability diagram path must end in .png, got {str(path)!r}")
+    fig = reliability_figure(probs_or_logits, labels, title=title, n_bins=n_bins, from_logits=from_logits)
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
     finally:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 import sys
@@ -17,8 +18,37 @@ from robustlab.precision import PRECISIONS
 from robustlab.schedules import OPTIMIZERS, SCHEDULES
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """--help shows each option's default: the value `describe_defaults` attached (the command's
+    recipe for options whose parser default is None, "keep the recipe"), else the parser default;
+    nothing for flags, for None, or where the help text already names its default."""
+
+    def _default_text(self, action) -> str:
+        shown = getattr(action, "shown_default", action.default)
+        if not action.option_strings or "default" in (action.help or "").lower() or shown is argparse.SUPPRESS:
+            return ""
+        if shown is None or isinstance(shown, bool) or shown == []:
+            return ""
+        if isinstance(shown, (list, tuple)):
+            shown = ",".join(str(v) for v in shown)
+        return f"(default: {str(shown).replace('%', '%%')})"
+
+    def _get_help_string(self, action):
+        return f"{action.help or ''} {self._default_text(action)}".strip()
+
+    def _format_action(self, action):
+        if not action.help and self._default_text(action):  # argparse prints no help line for help=None
+            action = copy.copy(action)
+            action.help = self._default_text(action)
+        return super()._format_action(action)
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage block) and exit code 2."""
+    """argparse with a one-line error (no usage block) and exit code 2; --help shows defaults."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
@@ -87,6 +117,8 @@ def add_context_args(p: argparse.ArgumentParser, default_out: str) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     g.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms only (slower on GPU; errors on ops without one)")
+    g.add_argument("--no-tensorboard", action="store_true",
+                   help="no TensorBoard event files in the run folders (metrics.csv is still written)")
 
 
 def add_data_args(p: argparse.ArgumentParser, dataset: str = "cifar10") -> None:
@@ -112,7 +144,7 @@ def noise_type(text: str) -> str:
 
 def add_train_args(p: argparse.ArgumentParser, smoothing: bool = True) -> None:
     """Recipe options; `smoothing=False` for commands whose arms fix their own loss."""
-    g = p.add_argument_group("training recipe")
+    g = p.add_argument_group("training recipe", "options left out keep the command's recipe")
     g.add_argument("--epochs", type=positive_int, default=None)
     g.add_argument("--batch-size", type=positive_int, default=None)
     g.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
@@ -144,6 +176,38 @@ def add_train_args(p: argparse.ArgumentParser, smoothing: bool = True) -> None:
     a.add_argument("--shear", type=float, default=None, help="max shear in degrees")
     a.add_argument("--zoom", type=float, default=None, help="max zoom fraction")
     a.add_argument("--jitter", type=float, default=None, help="colour jitter strength")
+
+
+def given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The `dest`s of the options actually typed in `argv` (even when equal to their default)."""
+    saved = [(action, action.default) for action in parser._actions]
+    try:
+        for action, _ in saved:
+            action.default = argparse.SUPPRESS
+        given, _ = parser.parse_known_args(argv)
+    finally:
+        for action, default in saved:
+            action.default = default
+    return set(vars(given))
+
+
+def recipe_defaults(cfg) -> dict:
+    """The values an ExperimentConfig gives the data/recipe/augmentation options, by option `dest`."""
+    t, o, a, d = cfg.train, cfg.train.optim, cfg.augment, cfg.data
+    return {"epochs": t.epochs, "batch_size": t.batch_size, "optimizer": o.optimizer, "lr": o.lr,
+            "momentum": o.momentum, "weight_decay": o.weight_decay, "schedule": o.schedule,
+            "warmup_epochs": o.warmup_epochs, "step_size": o.step_size, "milestones": o.milestones,
+            "gamma": o.gamma, "t0": o.t0, "t_mult": o.t_mult, "early_stop": t.early_stop_patience, "tta": t.tta,
+            "precision": getattr(t, "precision", None), "crop_pad": a.crop_pad, "pad_mode": a.pad_mode,
+            "cutout": a.cutout, "rotate": a.rotate, "shear": a.shear, "zoom": a.zoom, "jitter": a.jitter,
+            "val_size": d.val_size, "train_size": d.train_size, "test_size": d.test_size}
+
+
+def describe_defaults(parser: argparse.ArgumentParser, values: dict) -> None:
+    """Show `values` as the defaults in --help without changing what parsing returns."""
+    for action in parser._actions:
+        if action.dest in values:
+            action.shown_default = values[action.dest]
 
 
 def _set(obj, **values) -> None:
@@ -193,7 +257,8 @@ def context_from_args(args, resume: bool = False) -> Context:
         raise UsageError(f"output directory {out} is not writable ({exc.strerror or exc})") from None
     if args.deterministic:
         enable_determinism()
-    return Context(data_dir=args.data_dir, cache_dir=args.cache_dir, device=args.device, quiet=args.quiet, resume=resume)
+    return Context(data_dir=args.data_dir, cache_dir=args.cache_dir, device=args.device, quiet=args.quiet, resume=resume,
+                   tensorboard=not args.no_tensorboard)
 
 
 def enable_determinism() -> None:

@@ -18,6 +18,7 @@ from robustlab import distributed
 from robustlab.checkpoint import load_checkpoint, save_checkpoint
 from robustlab.errors import UsageError, require
 from robustlab.evaluate import TTA_MODES, classification_metrics, collect_logits, l2_term
+from robustlab.loggers import as_logger, log_final_results
 from robustlab.precision import PRECISIONS, resolve_precision
 from robustlab.schedules import OptimConfig, build_optimizer, build_scheduler, steps_per_iteration
 from robustlab.strategies.base import Strategy
@@ -67,11 +68,14 @@ def _log(msg: str, quiet: bool) -> None:
 
 def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, test_loader=None,
         run_dir: str | Path | None = None, resume: str | Path | None = None, quiet: bool = False,
-        num_classes: int | None = None, train_pass_loader=None) -> FitResult:
+        num_classes: int | None = None, train_pass_loader=None, loggers=None) -> FitResult:
     """Train `strategy` and return its history and final test metrics.
 
     `train_pass_loader` (the whole training set, unaugmented) is handed to the strategy's
     `on_train_pass` before every epoch when the strategy sets `needs_train_pass`.
+
+    `loggers` (a `robustlab.loggers.RunLogger` or a list of them) get every history row as its
+    epoch ends and, at the end, the final metrics, figures and training config; the caller closes them.
 
     `resume` is a checkpoint path; training continues after its last finished epoch and, on CPU
     with a fixed seed, ends with exactly the weights of an uninterrupted run.
@@ -90,6 +94,7 @@ def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, tes
     train_module = distributed.wrap_for_training(strategy, device) if info.enabled else strategy
     if not info.is_main:  # only rank 0 writes checkpoints and logs
         run_dir, quiet = None, True
+    logger = as_logger(loggers) if info.is_main else None
     params = [p for p in strategy.parameters() if p.requires_grad]
     require(len(params) > 0, "the strategy has no trainable parameters")
     optimizer = build_optimizer(params, cfg.optim)
@@ -142,6 +147,8 @@ def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, tes
             scheduler.step(row.get("val_loss", row["train_loss"]))
         row.update(strategy.epoch_metrics())
         history.append(row)
+        if logger is not None:
+            logger.log_epoch(row)
         _log(_summary(row, cfg.epochs), quiet)
 
         # Model selection never looks at the test split: validation accuracy, else training loss.
@@ -188,6 +195,8 @@ def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, tes
     if history:
         metrics["train_seconds"] = elapsed
         metrics["images_per_s"] = sum(r["images_per_s"] for r in history) / len(history)
+    if logger is not None:
+        log_final_results(logger, metrics, asdict(cfg), *((logits, labels) if test_loader is not None else ()))
     return FitResult(history, metrics, best, elapsed, stopped_early, precision.describe())
 
 

@@ -18,6 +18,7 @@ from robustlab.data.augment import MultiView
 from robustlab.data.splits import DataSplits
 from robustlab.engine import FitResult, TrainConfig, fit
 from robustlab.errors import UsageError, require
+from robustlab.loggers import run_loggers
 from robustlab.models import create_model
 from robustlab.records import config_hash, environment, find_record, write_record
 
@@ -75,6 +76,13 @@ class Context:
     device: str = "auto"
     quiet: bool = False
     resume: bool | str = False      # True: continue from the run's last.pt if any; str: from that checkpoint
+    tensorboard: bool = True        # TensorBoard event files in the run folder (metrics.csv is always written)
+
+
+def reproducibility() -> dict:
+    """What a re-run needs to repeat the numbers bit for bit (`robustlab.train --from-record`):
+    deterministic kernels (--deterministic) and, on the CPU, the same number of threads."""
+    return {"deterministic": torch.are_deterministic_algorithms_enabled(), "threads": torch.get_num_threads()}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -202,9 +210,17 @@ def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, ctx: Context 
     else:
         resume = last if ctx.resume and last.exists() else None
     t0 = time.time()
-    result: FitResult = fit(strategy, train_loader, cfg.train, val_loader, test_loader, run_dir=run_dir,
-                            resume=resume, quiet=ctx.quiet, num_classes=data.splits.num_classes,
-                            train_pass_loader=train_pass)
+    loggers = None
+    if distributed.current().is_main:  # metrics.csv and event files beside the checkpoints, from rank 0
+        loggers = run_loggers(run_dir, ctx.tensorboard,
+                              hparams={**cfg.key(), "strategy_options": strategy.options(), "run_id": cfg.run_id})
+    try:
+        result: FitResult = fit(strategy, train_loader, cfg.train, val_loader, test_loader, run_dir=run_dir,
+                                resume=resume, quiet=ctx.quiet, num_classes=data.splits.num_classes,
+                                train_pass_loader=train_pass, loggers=loggers)
+    finally:
+        if loggers is not None:
+            loggers.close()
     record = {
         "run_id": cfg.run_id, "config": cfg.key(), "strategy_options": strategy.options(), "metrics": result.metrics, "best": result.best,
         "history": result.history, "noise": data.noise, "stopped_early": result.stopped_early,
@@ -212,7 +228,7 @@ def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, ctx: Context 
         "data": {"train": len(data.splits.train), "val": len(data.splits.val) if data.splits.val else 0,
                  "test": len(data.splits.test), "mean": data.splits.mean, "std": data.splits.std,
                  "classes": data.splits.classes},
-        "precision": result.precision, "environment": environment(), "wall_seconds": time.time() - t0, "checkpoint": str(run_dir / "last.pt"),
+        "precision": result.precision, "environment": {**environment(), **reproducibility()}, "wall_seconds": time.time() - t0, "checkpoint": str(run_dir / "last.pt"),
     }
     if distributed.current().is_main:
         write_record(results_dir, record)

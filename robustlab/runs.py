@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from torch import nn
 from robustlab.checkpoint import load_checkpoint
 from robustlab.errors import UsageError, require
 from robustlab.experiment import ExperimentConfig
+from robustlab.fileio import read_json
 from robustlab.records import read_record
 
 
@@ -34,6 +36,29 @@ def config_from_record(record: dict) -> ExperimentConfig:
     config = record.get("config")
     require(isinstance(config, dict) and "model" in config, f"run record {record.get('run_id', '?')} has no model config")
     return _build(ExperimentConfig, config)
+
+
+def load_run_config(path: str | Path) -> tuple[ExperimentConfig, dict]:
+    """(config, environment) from a run record (`records/<run_id>.json`) or `--print-config` output.
+
+    `environment` holds what the run was executed with, e.g. `deterministic` and `threads`; a
+    config whose run id differs from the file's (fields added to robustlab since) gets a warning.
+    """
+    path = Path(path)
+    require(path.is_file(), f"run record {path} does not exist")
+    data = read_json(path)
+    require(isinstance(data, dict) and isinstance(data.get("config"), dict) and "model" in data["config"],
+            f"{path} is not a run record (no config with a model); pass records/<run_id>.json or --print-config output")
+    try:
+        cfg = config_from_record(data)
+    except TypeError as exc:  # a config value of the wrong shape (hand-edited file)
+        raise UsageError(f"{path} holds a config robustlab cannot rebuild ({exc})") from None
+    recorded_id = data.get("run_id")
+    if recorded_id and recorded_id != cfg.run_id:
+        print(f"warning: {path} has run id {recorded_id} but rebuilds as {cfg.run_id} "
+              f"(the config gained fields with defaults since it was written)", file=sys.stderr)
+    environment = data.get("environment")
+    return cfg, environment if isinstance(environment, dict) else {}
 
 
 def record_for_checkpoint(checkpoint: str | Path) -> Path:

@@ -1,4 +1,6 @@
-"""Train one model: `python -m robustlab.train --dataset cifar10 --model small_cnn --epochs 10`."""
+"""Train one model: `python -m robustlab.train --dataset cifar10 --model small_cnn --epochs 10`.
+
+Re-run a finished run exactly: `python -m robustlab.train --from-record results/train/records/<run_id>.json --out rerun`."""
 from __future__ import annotations
 
 import json
@@ -6,7 +8,8 @@ import sys
 
 from robustlab import distributed
 from robustlab.cli import (Parser, add_context_args, add_data_args, add_train_args, apply_data_args,
-                           apply_train_args, context_from_args, noise_type, nonneg_int, unit_rate)
+                           apply_train_args, context_from_args, describe_defaults, given_options, noise_type,
+                           nonneg_int, recipe_defaults, unit_rate)
 from robustlab.corruptions.dataset_noise import NOISE_TYPE_HELP
 from robustlab.errors import UsageError, cli_entry
 from robustlab.experiment import ExperimentConfig, StrategyConfig, run_experiment
@@ -27,47 +30,97 @@ def parse_model_args(pairs: list[str], option: str = "--model-arg") -> dict:
     return kwargs
 
 
+def default_config() -> ExperimentConfig:
+    """What `robustlab.train` runs when given no options: ExperimentConfig's defaults for 10 epochs."""
+    cfg = ExperimentConfig()
+    cfg.train.epochs = 10
+    return cfg
+
+
 def build_parser() -> Parser:
     p = Parser(prog="python -m robustlab.train", description=__doc__)
-    p.add_argument("--model", default="small_cnn", help="a name from `python -m robustlab.models --list`")
-    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+    r = p.add_argument_group("run")
+    r.add_argument("--model", default="small_cnn", help="a name from `python -m robustlab.models --list`")
+    r.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra model keyword, e.g. norm=gn or dropout=0.2 (repeatable)")
-    p.add_argument("--strategy", default="ce", help="a registered strategy (see --list-strategies)")
-    p.add_argument("--strategy-arg", action="append", default=[], metavar="KEY=VALUE",
+    r.add_argument("--strategy", default="ce", help="a registered strategy (see --list-strategies)")
+    r.add_argument("--strategy-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="a strategy option, e.g. forget_rate=0.2 (repeatable)")
-    p.add_argument("--list-strategies", action="store_true", help="print the strategies and their options, then exit")
-    p.add_argument("--noise-rate", type=unit_rate, default=0.0, help="fraction of corrupted training labels")
-    p.add_argument("--noise-type", type=noise_type, default=None,
-                   help=f"{NOISE_TYPE_HELP} (default: file with --noise-file, else symmetric)")
-    p.add_argument("--seed", type=nonneg_int, default=0)
-    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH",
+    r.add_argument("--list-strategies", action="store_true", help="print the strategies and their options, then exit")
+    r.add_argument("--seed", type=nonneg_int, default=0)
+    n = p.add_argument_group("label noise")
+    n.add_argument("--noise-rate", type=unit_rate, default=0.0, help="fraction of corrupted training labels")
+    n.add_argument("--noise-type", type=noise_type, default="symmetric", help=NOISE_TYPE_HELP)
+    x = p.add_argument_group("reproduce and inspect")
+    x.add_argument("--from-record", metavar="PATH",
+                   help="run the config of a run record (<out>/records/<run_id>.json, or saved --print-config "
+                        "output): data, noise, model, strategy, recipe, seed and augmentation, deterministically "
+                        "if it was; options given alongside override the record's")
+    x.add_argument("--print-config", action="store_true",
+                   help="print the resolved config and run id as JSON and exit without running")
+    x.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH",
                    help="continue from PATH, or from the run's last checkpoint under --out")
     add_data_args(p)
     add_train_args(p)
     add_context_args(p, default_out="results/train")
+    describe_defaults(p, recipe_defaults(default_config()))
     return p
+
+
+def apply_run_args(args, given: set[str], cfg: ExperimentConfig) -> None:
+    """Overlay the options in `given` (the `dest`s the user typed) on `cfg`."""
+    if "model" in given and args.model != cfg.model:
+        cfg.model, cfg.model_kwargs = args.model, {}
+    if "model_arg" in given:
+        cfg.model_kwargs.update(parse_model_args(args.model_arg))
+    if "strategy" in given and args.strategy != cfg.strategy.name:
+        cfg.strategy, cfg.tag = StrategyConfig(name=args.strategy), ""  # a study's arm tag would mislead
+    if "strategy_arg" in given:
+        cfg.strategy.options.update(parse_model_args(args.strategy_arg, "--strategy-arg"))
+    if "label_smoothing" in given and args.label_smoothing is not None:
+        if args.label_smoothing:
+            cfg.strategy.options["smoothing"] = args.label_smoothing
+        else:
+            cfg.strategy.options.pop("smoothing", None)
+    if "noise_rate" in given:
+        cfg.data.noise_rate = args.noise_rate
+    if "noise_type" in given:
+        cfg.data.noise_type = args.noise_type
+    if "seed" in given:
+        cfg.seed = args.seed
+    if "dataset" not in given:
+        args.dataset = None  # keep the record's dataset
+    apply_data_args(args, cfg.data)
+    apply_train_args(args, cfg.train, cfg.augment)
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.list_strategies:
         from robustlab.strategies.registry import strategy_help
         print(strategy_help())
         return 0
-    options = parse_model_args(args.strategy_arg, "--strategy-arg")
-    if args.label_smoothing:
-        options["smoothing"] = args.label_smoothing
-    cfg = ExperimentConfig(model=args.model, model_kwargs=parse_model_args(args.model_arg), seed=args.seed,
-                           strategy=StrategyConfig(name=args.strategy, options=options))
+    recorded: dict = {}
+    if args.from_record:
+        from robustlab.runs import load_run_config
+        cfg, recorded = load_run_config(args.from_record)
+        apply_run_args(args, given_options(parser, argv), cfg)
+    else:
+        cfg = default_config()
+        apply_run_args(args, set(vars(args)), cfg)
     cfg.strategy.validate()  # unknown name or option: one line listing what exists
-    cfg.train.epochs = 10
-    cfg.data.noise_rate = args.noise_rate
-    cfg.data.noise_type = args.noise_type or ("file" if args.noise_file else "symmetric")
-    apply_data_args(args, cfg.data)
-    apply_train_args(args, cfg.train, cfg.augment)
     from robustlab.models import create_model
-    create_model(args.model, **cfg.model_kwargs)  # a bad name or option fails before any data is decoded
+    create_model(cfg.model, **cfg.model_kwargs)  # a bad name or option fails before any data is decoded
+    args.deterministic = args.deterministic or bool(recorded.get("deterministic"))
+    if args.print_config:
+        print(json.dumps({"run_id": cfg.run_id, "config": cfg.key(),
+                          "environment": {"deterministic": args.deterministic}}, indent=1, sort_keys=True))
+        return 0
+    if recorded.get("deterministic") and isinstance(recorded.get("threads"), int) and recorded["threads"] >= 1:
+        import torch
+        torch.set_num_threads(recorded["threads"])  # CPU sums split by thread: same threads, same bits
     info = distributed.init_from_env(args.device)
     ctx = context_from_args(args, resume=args.resume)
     record = run_experiment(cfg, args.out, ctx)
