@@ -97,7 +97,10 @@ def make_executor(args, folder: Path):
         executor = submitit.LocalExecutor(folder=folder)
         executor.update_parameters(timeout_min=args.slurm_time)
         return executor
-    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    except RuntimeError as exc:  # no srun on this machine
+        raise UsageError(f"--launcher slurm: {exc} (--launcher local tests the same path here)") from None
     params = {"timeout_min": args.slurm_time, "gpus_per_node": args.slurm_gpus, "tasks_per_node": 1,
               "slurm_partition": args.slurm_partition, "slurm_array_parallelism": args.slurm_array_parallelism}
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
