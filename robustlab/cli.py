@@ -220,11 +220,10 @@ def apply_train_args(args, train: TrainConfig, augment: AugmentConfig) -> None:
     """Overlay the options the user gave on a preset's TrainConfig / AugmentConfig."""
     o = train.optim
     _set(train, epochs=args.epochs, batch_size=args.batch_size, early_stop_patience=args.early_stop, tta=args.tta)
-    _set(o, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+    _set(o, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
          schedule=args.schedule, warmup_epochs=args.warmup_epochs, step_size=args.step_size,
          milestones=args.milestones, gamma=args.gamma, t0=args.t0, t_mult=args.t_mult)
-    if args.no_nesterov:
-        o.nesterov = False
+    apply_momentum_args(args, o)
     if args.no_amp and args.precision not in (None, "fp32"):
         raise UsageError(f"--no-amp contradicts --precision {args.precision}")
     _set(train, precision="fp32" if args.no_amp else args.precision)
@@ -236,6 +235,14 @@ def apply_train_args(args, train: TrainConfig, augment: AugmentConfig) -> None:
         augment.flip = False
     train.validate()
     augment.validate()
+
+
+def apply_momentum_args(args, optim) -> None:
+    """--momentum and --no-nesterov on an OptimConfig: also for a stage with its own step size
+    (SupCon pretraining), which takes these but not --lr."""
+    _set(optim, momentum=args.momentum)
+    if args.no_nesterov:
+        optim.nesterov = False
 
 
 def apply_data_args(args, data: DataConfig) -> None:

@@ -61,6 +61,17 @@ def all_reduce_max(tensor: torch.Tensor) -> None:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
 
 
+def all_reduce_min(tensor: torch.Tensor) -> None:
+    if current().enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+
+
+def barrier() -> None:
+    """Wait until every rank gets here (no-op without a process group): e.g. until rank 0's file exists."""
+    if current().enabled:
+        dist.barrier()
+
+
 def broadcast_object(obj):
     """Rank 0's copy of a picklable object, on every rank."""
     if not current().enabled:

@@ -25,7 +25,20 @@ from robustlab.strategies.base import Strategy
 
 
 class TrainingDiverged(UsageError):
-    """The loss became NaN or inf; the last good checkpoint is kept."""
+    """The loss or the predictions became NaN or inf; the last good checkpoint is kept."""
+
+
+def _diverged(what: str, lr: float, run_dir: Path | None) -> TrainingDiverged:
+    """The error for a diverged run: what went non-finite and when, where the last good weights are, what to try."""
+    where = f"; last good checkpoint: {run_dir / 'last.pt'}" if run_dir and (run_dir / "last.pt").exists() else ""
+    return TrainingDiverged(f"training diverged: {what}{where}; try a lower learning rate than {lr:g} (--lr)")
+
+
+def _finite_logits(logits: torch.Tensor, labels: torch.Tensor, split: str, epoch: int, lr: float, run_dir):
+    """(logits, labels) unchanged, or TrainingDiverged naming the split and epoch whose predictions are NaN/inf."""
+    if not bool(torch.isfinite(logits).all()):
+        raise _diverged(f"the {split} predictions became NaN or inf after epoch {epoch + 1}", lr, run_dir)
+    return logits, labels
 
 
 @dataclass
@@ -137,10 +150,11 @@ def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, tes
         elapsed += seconds
         strategy.eval()
         if val_loader is not None:
-            row.update(classification_metrics(*collect_logits(strategy.predict, val_loader, autocast=autocast),
-                                              num_classes, prefix="val_"))
+            val = _finite_logits(*collect_logits(strategy.predict, val_loader, autocast=autocast), "validation", epoch,
+                                 cfg.optim.lr, run_dir)
+            row.update(classification_metrics(*val, num_classes, prefix="val_"))
         if test_loader is not None:
-            row.update(_test_metrics(strategy, test_loader, num_classes, autocast))
+            row.update(_test_metrics(strategy, test_loader, num_classes, autocast, epoch, cfg.optim.lr, run_dir))
         if info.enabled:  # one set of numbers drives every rank's schedule and early stopping
             row = distributed.broadcast_object(row)
         if not per_step:
@@ -189,8 +203,9 @@ def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, tes
             metrics["test_acc_tta"] = classification_metrics(tta_logits, tta_labels, num_classes)["acc"]
         for name, module in strategy.extra_predictors().items():
             module.eval()
-            metrics.update(classification_metrics(*collect_logits(module, test_loader, autocast=autocast),
-                                                  num_classes, prefix=f"test_{name}_"))
+            extra = _finite_logits(*collect_logits(module, test_loader, autocast=autocast), f"test ({name})",
+                                   len(history) - 1, cfg.optim.lr, run_dir)
+            metrics.update(classification_metrics(*extra, num_classes, prefix=f"test_{name}_"))
         metrics["test_acc_best"] = max(r["test_acc"] for r in history)
     if history:
         metrics["train_seconds"] = elapsed
@@ -198,6 +213,9 @@ def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, tes
     if logger is not None:
         log_final_results(logger, metrics, asdict(cfg), *((logits, labels) if test_loader is not None else ()))
     return FitResult(history, metrics, best, elapsed, stopped_early, precision.describe())
+
+
+NO_BAD_STEP = 2 ** 62  # "no non-finite loss yet": larger than any step, so a min over ranks finds the first bad one
 
 
 def _train_epoch(strategy, train_module, loader, optimizer, scheduler, cfg, epoch, autocast, quiet, run_dir,
@@ -217,7 +235,7 @@ def _train_epoch(strategy, train_module, loader, optimizer, scheduler, cfg, epoc
     correct = torch.zeros((), device=device)
     seen = torch.zeros((), device=device)
     counted = torch.zeros((), device=device)
-    bad_step = torch.full((), -1, device=device, dtype=torch.long)
+    bad_step = torch.full((), NO_BAD_STEP, device=device, dtype=torch.long)
     bar = None
     if not quiet:
         from tqdm import tqdm
@@ -236,7 +254,7 @@ def _train_epoch(strategy, train_module, loader, optimizer, scheduler, cfg, epoc
             scheduler.step()
         loss = out.loss.detach().float()
         # Record the first non-finite step on the device: no per-step host sync.
-        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), torch.full_like(bad_step, step), bad_step)
+        bad_step = torch.where((bad_step == NO_BAD_STEP) & ~torch.isfinite(loss), torch.full_like(bad_step, step), bad_step)
         n = len(y)
         loss_sum += loss * n
         seen += n
@@ -245,10 +263,10 @@ def _train_epoch(strategy, train_module, loader, optimizer, scheduler, cfg, epoc
             correct += (out.logits.detach().argmax(1) == targets).sum()
             counted += len(targets)
         if (step + 1) % cfg.nan_check_every == 0 or step + 1 == len(loader):
-            distributed.all_reduce_max(bad_step)  # every rank stops together
-            if int(bad_step) >= 0:
-                where = f"; last good checkpoint: {run_dir / 'last.pt'}" if run_dir and (run_dir / "last.pt").exists() else ""
-                raise TrainingDiverged(f"loss became non-finite at epoch {epoch + 1}, step {int(bad_step) + 1}{where}")
+            distributed.all_reduce_min(bad_step)  # every rank stops together, naming the first bad step of any rank
+            if int(bad_step) != NO_BAD_STEP:
+                raise _diverged(f"the loss became NaN or inf at epoch {epoch + 1}, step {int(bad_step) + 1}",
+                                cfg.optim.lr, run_dir)
         if bar is not None:
             bar.update()
     if bar is not None:
@@ -260,8 +278,9 @@ def _train_epoch(strategy, train_module, loader, optimizer, scheduler, cfg, epoc
     return row
 
 
-def _test_metrics(strategy: Strategy, loader, num_classes: int, autocast) -> dict:
-    return classification_metrics(*collect_logits(strategy.predict, loader, autocast=autocast), num_classes, prefix="test_")
+def _test_metrics(strategy: Strategy, loader, num_classes: int, autocast, epoch: int, lr: float, run_dir) -> dict:
+    logits = _finite_logits(*collect_logits(strategy.predict, loader, autocast=autocast), "test", epoch, lr, run_dir)
+    return classification_metrics(*logits, num_classes, prefix="test_")
 
 
 def _infer_classes(strategy: Strategy) -> int:

@@ -232,4 +232,5 @@ def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, ctx: Context 
     }
     if distributed.current().is_main:
         write_record(results_dir, record)
+    distributed.barrier()  # the other ranks may look the record up next (e.g. a probe reading its encoder run)
     return record

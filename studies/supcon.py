@@ -22,7 +22,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from robustlab.cli import apply_data_args, apply_train_args, context_from_args, name_list, positive_float, positive_int
+from robustlab.cli import (apply_data_args, apply_momentum_args, apply_train_args, context_from_args, name_list,
+                           positive_float, positive_int)
 from robustlab.errors import UsageError, cli_entry
 from robustlab.experiment import ExperimentConfig, StrategyConfig, prepare_data, resolve_device, run_experiment
 from robustlab.fileio import read_json, write_json
@@ -57,7 +58,9 @@ def preset(name: str) -> Presets:
     8 epochs (Adam 1e-2).
 
     paper: ResNet-18 on the full training set (no validation split). SupCon pretraining 200 epochs,
-    batch 512, temperature 0.1, SGD lr 0.25 (0.5 x 512/1024, the SupCon recipe scaled linearly) with
+    batch 512, temperature 0.1, SGD lr 0.357 and weight decay 7e-5: the SupCon recipe's lr 0.5 at batch 1024 scaled
+    linearly to 0.25, times 0.1/0.07 because pytorch-metric-learning's loss lacks the official T/0.07 factor
+    (weight decay 1e-4 x 0.07/0.1 keeps its step unchanged), with
     10 warm-up epochs and cosine decay; classifier stage 25 epochs (Adam 1e-3, cosine); the CE
     baseline 100 epochs (SGD 0.1, weight decay 5e-4, warm-up + cosine), all with crop+flip.
     """
@@ -86,7 +89,7 @@ def preset(name: str) -> Presets:
     ce.train.optim = OptimConfig(optimizer="sgd", lr=0.1, weight_decay=5e-4, schedule="warmup_cosine", warmup_epochs=2)
     pretrain = copy.deepcopy(base)
     pretrain.train.epochs, pretrain.train.batch_size = 200, 512
-    pretrain.train.optim = OptimConfig(optimizer="sgd", lr=0.25, weight_decay=1e-4, schedule="warmup_cosine",
+    pretrain.train.optim = OptimConfig(optimizer="sgd", lr=0.357, weight_decay=7e-5, schedule="warmup_cosine",
                                        warmup_epochs=10)
     pretrain.strategy = StrategyConfig("supcon_pretrain", options={"temperature": 0.1})
     probe = copy.deepcopy(base)
@@ -237,6 +240,7 @@ def configure(args) -> tuple[Presets, list[str]]:
     t.epochs = args.pretrain_epochs or t.epochs
     t.batch_size = args.pretrain_batch_size or t.batch_size
     t.optim.lr = args.pretrain_lr or t.optim.lr
+    apply_momentum_args(args, t.optim)  # --momentum / --no-nesterov reach the pretraining optimizer too
     t.precision, t.compile = p.ce.train.precision, p.ce.train.compile
     if args.temperature:
         p.pretrain.strategy.options["temperature"] = args.temperature

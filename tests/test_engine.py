@@ -166,12 +166,40 @@ def test_non_finite_loss_stops_naming_epoch_and_step(tmp_path, value, check_ever
     with pytest.raises(TrainingDiverged) as info:
         fit(strategy, train, sgd(epochs=3, nan_check_every=check_every), test_loader=test, run_dir=tmp_path,
             quiet=True, num_classes=10)
-    msg = str(info.value)
-    assert "loss became non-finite at epoch 2, step 4" in msg
-    assert f"last good checkpoint: {tmp_path / 'last.pt'}" in msg
+    assert str(info.value) == (f"training diverged: the loss became NaN or inf at epoch 2, step 4; last good "
+                               f"checkpoint: {tmp_path / 'last.pt'}; try a lower learning rate than 0.05 (--lr)")
     assert isinstance(info.value, UsageError)
     # Checked every step: stops right at the bad step; every 50 steps: at the end of the epoch.
     assert strategy.calls == calls
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["epoch"] == 0  # epoch 1 is kept
+
+
+class NaNPredictionsAfter(CrossEntropy):
+    """Finite training loss, but predictions that are NaN from (0-based) epoch `epoch` on (e.g. BatchNorm
+    running statistics that overflowed): only the evaluation can see it."""
+
+    def __init__(self, model, epoch: int):
+        super().__init__(model)
+        self.bad_from, self.epoch = epoch, 0
+
+    def on_epoch_start(self, epoch, num_epochs):
+        self.epoch = epoch
+
+    @torch.no_grad()
+    def predict(self, x):
+        logits = self.model(x)
+        return logits * float("nan") if self.epoch >= self.bad_from else logits
+
+
+@pytest.mark.parametrize("val, split", [(True, "validation"), (False, "test")])
+def test_non_finite_predictions_stop_naming_the_split_and_epoch(tmp_path, val, split):
+    torch.manual_seed(0)
+    train, val_loader, test = loaders(n_train=64, n_test=50, val=val)
+    with pytest.raises(TrainingDiverged) as info:
+        fit(NaNPredictionsAfter(create_model("tiny_cnn"), epoch=1), train, sgd(epochs=3), val_loader, test,
+            run_dir=tmp_path, quiet=True, num_classes=10)
+    assert str(info.value) == (f"training diverged: the {split} predictions became NaN or inf after epoch 2; last "
+                               f"good checkpoint: {tmp_path / 'last.pt'}; try a lower learning rate than 0.05 (--lr)")
     assert torch.load(tmp_path / "last.pt", weights_only=False)["epoch"] == 0  # epoch 1 is kept
 
 

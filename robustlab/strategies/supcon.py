@@ -171,7 +171,14 @@ class SupConPretrain(Strategy):
 
     The loss is pytorch-metric-learning's SupConLoss (eq. 2 of Khosla et al., L_out), averaged over
     anchors rather than summed. `distributed=True` wraps it in DistributedLossWrapper so that
-    negatives and positives are gathered from all ranks.
+    negatives and positives are gathered from all ranks; the logged loss is that of the whole global
+    batch, as one process would compute it (the wrapper's world_size factor only scales the gradient).
+
+    Deviation from the official code (HobbitLong/SupContrast): its loss carries an extra factor
+    temperature / base_temperature with base_temperature = 0.07, which pytorch-metric-learning's
+    SupConLoss leaves out. At the default temperature 0.1 the official loss (and its gradient) is
+    0.1 / 0.07 = 1.43x larger, so the same SGD step needs a 1.43x larger learning rate here
+    (the `paper` preset of studies.supcon accounts for it).
 
     `predict` returns `model`'s own classifier logits; its head is not trained in this stage, so
     accuracies measured during pretraining are meaningless. Use FrozenEncoderClassifier afterwards.
@@ -223,7 +230,22 @@ class SupConPretrain(Strategy):
         labels = y.repeat_interleave(views)
         # float32 for the exp/log-sum-exp at temperature ~0.1: autocast off for the loss
         with torch.autocast(z.device.type, enabled=False):
-            return StepOutput(self.loss_fn(z.float(), labels))
+            loss = self.loss_fn(z.float(), labels)
+        world = _gathering_world_size(self.loss_fn)
+        if world > 1:
+            # DistributedLossWrapper returns world_size x the global-batch loss so that DDP's gradient
+            # averaging gives the single-process gradient. Keep that gradient, report the loss itself.
+            loss = loss - loss.detach() + loss.detach() / world
+        return StepOutput(loss)
+
+
+def _gathering_world_size(loss_fn: nn.Module) -> int:
+    """The factor DistributedLossWrapper multiplied the loss by (1 for a plain loss or without a process group)."""
+    from pytorch_metric_learning.utils.distributed import DistributedLossWrapper
+
+    if isinstance(loss_fn, DistributedLossWrapper) and torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
 
 
 # ----------------------------------------------------------------------------------------------
