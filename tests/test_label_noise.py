@@ -245,3 +245,55 @@ def test_noise_report_errors():
         noise_report([0, 1], [0], 2)
     with pytest.raises(UsageError, match=r"\[0, 2\)"):
         noise_report([0, 2], [0, 1], 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# class-conditional noise from a given transition matrix (the "transition twin")
+
+
+def _random_transition(c: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = rng.random((c, c)) ** 3 + np.eye(c) * 2  # mostly kept, uneven confusions
+    return t / t.sum(axis=1, keepdims=True)
+
+
+def test_transition_noise_reproduces_the_matrix():
+    from robustlab.corruptions.labels import corrupt_with_transition
+
+    t = _random_transition(10, 0)
+    clean = np.arange(200_000) % 10
+    noisy = corrupt_with_transition(clean, t, seed=1)
+    got = noise_report(clean, noisy, 10).transition
+    assert np.abs(got - t).max() < 0.006  # 20,000 draws per row
+    np.testing.assert_allclose(1 - np.diag(got), 1 - np.diag(t), atol=0.006)  # off-diagonal mass per row
+    np.testing.assert_array_equal(noisy, corrupt_with_transition(clean, t, seed=1))
+    assert np.mean(noisy != corrupt_with_transition(clean, t, seed=2)) > 0.2
+    # a matrix that never moves a label, and one that always moves class i to i+1
+    np.testing.assert_array_equal(corrupt_with_transition(clean[:100], np.eye(10)), clean[:100])
+    shift = np.roll(np.eye(10), 1, axis=1)
+    np.testing.assert_array_equal(corrupt_with_transition(clean[:100], shift), (clean[:100] + 1) % 10)
+
+
+def test_transition_noise_rejects_bad_matrices():
+    from robustlab.corruptions.labels import corrupt_with_transition
+
+    with pytest.raises(UsageError, match="square"):
+        corrupt_with_transition([0, 1], np.ones((2, 3)) / 3)
+    with pytest.raises(UsageError, match="probability distribution"):
+        corrupt_with_transition([0, 1], np.array([[0.5, 0.4], [0.0, 1.0]]))
+    with pytest.raises(UsageError, match="must lie in"):
+        corrupt_with_transition([0, 2], np.eye(2))
+
+
+def test_transition_heatmaps_show_the_matrices():
+    from robustlab.corruptions.plots import plot_transition_matrices
+
+    a, b = _random_transition(4, 0), np.eye(4)
+    fig = plot_transition_matrices([("human", a), ("twin", b)], ["w", "x", "y", "z"])
+    heatmaps = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title().splitlines()[0] for ax in heatmaps] == ["human", "twin"]
+    np.testing.assert_allclose(np.asarray(heatmaps[0].collections[0].get_array()).reshape(4, 4), a)
+    assert f"{1 - np.trace(a) / 4:.3f}" in heatmaps[0].get_title()
+    assert [t.get_text() for t in heatmaps[1].get_yticklabels()] == ["w", "x", "y", "z"]
+    with pytest.raises(UsageError, match="one size"):
+        plot_transition_matrices([("a", a), ("b", np.eye(3))])
