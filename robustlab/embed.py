@@ -7,7 +7,8 @@ The run's record (`<results>/records/<run_id>.json`, found two folders above the
 given with --record) names the model, its keyword arguments, the dataset and the split seed, so
 the features come from exactly the network and data split the run trained on. Writes
 `embedding_<split>.json` (knn_acc, linear_probe_acc, silhouette, alignment, uniformity; the probes
-use up to --max-train training features as their memory) and `embedding_<split>_<method>.png`.
+use up to --max-train training features as their memory, never the scored points: with --split train
+they are fit on one part of the training set and scored on the rest) and `embedding_<split>_<method>.png`.
 CIFAR-100 points are coloured by superclass.
 """
 from __future__ import annotations
@@ -16,11 +17,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from robustlab.cli import Parser, positive_int
-from robustlab.errors import UsageError, cli_entry
+from robustlab.errors import UsageError, cli_entry, require
 from robustlab.experiment import Context, prepare_data, resolve_device
 from robustlab.fileio import write_json
 from robustlab.runs import load_run_network
@@ -53,6 +55,23 @@ def split_features(network: nn.Module, images: torch.Tensor, labels: torch.Tenso
     network.to(device)
     feats, labs = extract_features(network, loader, device=device, precision=precision)
     return SplitFeatures(feats, labs, None if coarse is None else coarse[keep].cpu())
+
+
+def probe_rows(split: str, n_train: int, n_split: int, max_train: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training rows for the kNN memory bank / probe fit, rows of `split` that are scored and plotted).
+
+    The probes must be scored on points they have not seen: with split "train" the training set is
+    shuffled (seeded) and cut in two, the bank taking up to `max_train` rows but at most half, the
+    scored points the rest. Other splits are scored whole against up to `max_train` training rows.
+    """
+    from robustlab.embeddings import sample_indices
+
+    if split != "train":
+        return torch.as_tensor(sample_indices(n_train, max_train, seed)), torch.arange(n_split)
+    require(n_train >= 2, f"--split train needs at least 2 training images, got {n_train}")
+    order = torch.as_tensor(np.random.default_rng(seed).permutation(n_train))
+    size = min(max_train, n_train // 2)
+    return order[:size].sort().values, order[size:].sort().values
 
 
 def superclass_lookup(labels: torch.Tensor, coarse: torch.Tensor | None, num_classes: int):
@@ -109,10 +128,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from robustlab.embeddings import embedding_report, plot_embedding, project_2d, sample_indices
 
-    bank = split_features(run.network, splits.train.images, splits.train.labels, mean, std, device,
-                          max_points=args.max_train, seed=args.seed)
-    feats = split_features(run.network, chosen.images, chosen.labels, mean, std, device,
-                           coarse=chosen.coarse_labels, seed=args.seed)
+    bank_rows, scored_rows = probe_rows(args.split, len(splits.train), len(chosen), args.max_train, args.seed)
+    bank = split_features(run.network, splits.train.images[bank_rows], splits.train.labels[bank_rows], mean, std,
+                          device, seed=args.seed)
+    feats = split_features(run.network, chosen.images[scored_rows], chosen.labels[scored_rows], mean, std, device,
+                           coarse=None if chosen.coarse_labels is None else chosen.coarse_labels[scored_rows],
+                           seed=args.seed)
     report = embedding_report(bank.features, bank.labels, feats.features, feats.labels, seed=args.seed)
     out = Path(args.out)
     points = project_2d(feats.features, args.method, seed=args.seed, max_points=args.max_points)
