@@ -127,6 +127,8 @@ def add_data_args(p: argparse.ArgumentParser, dataset: str = "cifar10") -> None:
     g.add_argument("--val-size", type=nonneg_int, default=None, help="validation images carved from train (by seed)")
     g.add_argument("--train-size", type=positive_int, default=None, help="class-balanced training subset size")
     g.add_argument("--test-size", type=positive_int, default=None, help="class-balanced test subset (quick runs only)")
+    g.add_argument("--skip-bad-images", action="store_true",
+                   help="image folders: leave out files that cannot be decoded (with a warning) instead of stopping")
     g.add_argument("--noise-file", default=None, metavar="PATH",
                    help="noisy labels: a CIFAR-N .pt for --noise-type human:<set> (default: cifar-n/ beside the "
                         "dataset), or your own .npy/.csv/.pt with one label per training image in dataset order")
@@ -265,7 +267,7 @@ def context_from_args(args, resume: bool = False) -> Context:
     if args.deterministic:
         enable_determinism()
     return Context(data_dir=args.data_dir, cache_dir=args.cache_dir, device=args.device, quiet=args.quiet, resume=resume,
-                   tensorboard=not args.no_tensorboard)
+                   tensorboard=not args.no_tensorboard, skip_bad_images=getattr(args, "skip_bad_images", False))
 
 
 def enable_determinism() -> None:

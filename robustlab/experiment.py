@@ -77,6 +77,7 @@ class Context:
     quiet: bool = False
     resume: bool | str = False      # True: continue from the run's last.pt if any; str: from that checkpoint
     tensorboard: bool = True        # TensorBoard event files in the run folder (metrics.csv is always written)
+    skip_bad_images: bool = False   # image folders: leave out undecodable files (with a warning) instead of stopping
 
 
 def reproducibility() -> dict:
@@ -104,8 +105,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_dataset(name: str, data_dir: str | None, cache_dir: str | None):
-    return load_dataset(name, data_dir, cache_dir)
+def _cached_dataset(name: str, data_dir: str | None, cache_dir: str | None, skip_bad_images: bool = False):
+    return load_dataset(name, data_dir, cache_dir, skip_bad_images=skip_bad_images)
 
 
 @dataclass
@@ -117,7 +118,7 @@ class PreparedData:
 
 def prepare_data(cfg: DataConfig, seed: int, ctx: Context) -> PreparedData:
     require(0.0 <= cfg.noise_rate < 1.0, f"noise rate must be in [0, 1), got {cfg.noise_rate}")
-    train, test = _cached_dataset(cfg.dataset, ctx.data_dir, ctx.cache_dir)
+    train, test = _cached_dataset(cfg.dataset, ctx.data_dir, ctx.cache_dir, ctx.skip_bad_images)
     splits = make_splits(train, test, cfg.val_size, cfg.train_size, cfg.test_size, seed)
     clean = splits.train.labels.clone()
     noise = None

@@ -77,3 +77,67 @@ def test_bad_input_exits_2_with_one_line(module, argv, tmp_path, capsys, monkeyp
     assert exc.value.code == 2, err
     assert len(err) == 1, err
     assert "error" in err[0] and "Traceback" not in err[0]
+
+
+# ---- a user's own data: each case stopped by its own check, with its own message --------------
+
+def _png_folder(root: Path, per_class: int = 4) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for c, cls in enumerate(("ant", "bee")):
+            (root / split / cls).mkdir(parents=True)
+            for n in range(per_class):
+                Image.fromarray(np.full((8, 8, 3), 40 * c + n, np.uint8)).save(root / split / cls / f"{n}.png")
+    return root
+
+
+def _train(argv, capsys) -> tuple[int, list[str]]:
+    from robustlab.train import main
+
+    code = main(argv + ["--model", "tiny_cnn", "--epochs", "1", "--batch-size", "4", "--val-size", "0", "--tta", "none",
+                        "--device", "cpu", "--quiet", "--no-tensorboard"])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_undecodable_image_exits_2_naming_it(tmp_path, capsys):
+    root = _png_folder(tmp_path / "imgs")
+    bad = root / "train" / "bee" / "3.png"
+    bad.write_bytes(b"\x89PNG but not really")
+    code, err = _train(["--dataset", f"imagefolder:{root}", "--out", str(tmp_path / "out"),
+                        "--cache-dir", str(tmp_path / "cache")], capsys)
+    assert (code, err) == (2, [f"robustlab.train: error: cannot decode image {bad} (UnidentifiedImageError: cannot "
+                               f"identify image file '{bad}'); fix or remove it, or pass --skip-bad-images"])
+
+
+def test_skip_bad_images_trains_on_the_rest_and_says_how_many(tmp_path, capsys):
+    root = _png_folder(tmp_path / "imgs")
+    bad = root / "train" / "bee" / "3.png"
+    bad.write_bytes(b"")
+    code, err = _train(["--dataset", f"imagefolder:{root}", "--out", str(tmp_path / "out"), "--skip-bad-images",
+                        "--cache-dir", str(tmp_path / "cache")], capsys)
+    assert code == 0 and err[0] == f"warning: skipped 1 undecodable image(s) of 8, e.g. {bad}"
+    (record,) = (tmp_path / "out" / "records").glob("*.json")
+    import json
+
+    assert json.loads(record.read_text())["data"]["train"] == 7
+
+
+def test_class_folder_without_images_exits_2_naming_it(tmp_path, capsys):
+    root = _png_folder(tmp_path / "imgs")
+    (root / "train" / "cat").mkdir()
+    code, err = _train(["--dataset", f"imagefolder:{root}", "--out", str(tmp_path / "out"),
+                        "--cache-dir", str(tmp_path / "cache")], capsys)
+    assert (code, err) == (2, [f"robustlab.train: error: class folder {root / 'train' / 'cat'} has no images "
+                               f"(.png, .jpg, .jpeg, .bmp); add images or remove the folder"])
+
+
+def test_diverging_run_exits_2_naming_the_epoch_and_a_lower_lr(tmp_path, capsys):
+    root = _png_folder(tmp_path / "imgs")
+    out = tmp_path / "out"
+    code, err = _train(["--dataset", f"imagefolder:{root}", "--out", str(out), "--lr", "1e30", "--optimizer", "sgd",
+                        "--schedule", "constant", "--cache-dir", str(tmp_path / "cache")], capsys)
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("robustlab.train: error: training diverged: the loss became NaN or inf at epoch 1, step ")
+    assert err[0].endswith("; try a lower learning rate than 1e+30 (--lr)")

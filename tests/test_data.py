@@ -265,9 +265,9 @@ def test_second_load_hits_the_cache_and_a_corrupt_cache_is_rebuilt(png_folder, t
     real_decode = datasets_mod._decode_all
     calls = []
 
-    def counting_decode(paths):
+    def counting_decode(paths, skip_bad_images=False):
         calls.append(len(paths))
-        return real_decode(paths)
+        return real_decode(paths, skip_bad_images)
 
     monkeypatch.setattr(datasets_mod, "_decode_all", counting_decode)
     load_dataset(f"imagefolder:{root}", cache_dir=cache)
@@ -275,7 +275,7 @@ def test_second_load_hits_the_cache_and_a_corrupt_cache_is_rebuilt(png_folder, t
     npz = sorted(cache.glob("*.npz"))
     assert len(npz) == 2 and len(list(cache.glob("*.json"))) == 2
 
-    monkeypatch.setattr(datasets_mod, "_decode_all", lambda paths: pytest.fail("decoded although cached"))
+    monkeypatch.setattr(datasets_mod, "_decode_all", lambda paths, skip: pytest.fail("decoded although cached"))
     train, test = load_dataset(f"imagefolder:{root}", cache_dir=cache)
     assert torch.equal(train.images, expected["train"]) and torch.equal(test.images, expected["test"])
 
@@ -289,7 +289,7 @@ def test_second_load_hits_the_cache_and_a_corrupt_cache_is_rebuilt(png_folder, t
     err = capsys.readouterr().err
     assert "is corrupt" in err and "rebuilding" in err
     assert torch.equal(train.images, expected["train"]) and torch.equal(test.images, expected["test"])
-    monkeypatch.setattr(datasets_mod, "_decode_all", lambda paths: pytest.fail("rebuilt cache not used"))
+    monkeypatch.setattr(datasets_mod, "_decode_all", lambda paths, skip: pytest.fail("rebuilt cache not used"))
     assert torch.equal(load_dataset(f"imagefolder:{root}", cache_dir=cache)[0].images, expected["train"])
 
 
@@ -310,3 +310,50 @@ def test_subset_and_len():
                       torch.tensor([0, 1, 0, 1]), ["x", "y"])
     sub = ds.subset(np.array([3, 0]))
     assert len(sub) == 2 and sub.labels.tolist() == [1, 0] and sub.images[:, 0, 0, 0].tolist() == [3, 0]
+
+
+# ---- bad files in a user's image folder -------------------------------------------------------
+
+def test_undecodable_image_names_the_file(png_folder, tmp_path):
+    root, _ = png_folder
+    bad = root / "train" / "bee" / "broken.png"
+    bad.write_bytes(b"not a png at all")
+    with pytest.raises(UsageError) as info:
+        load_dataset(f"imagefolder:{root}", cache_dir=tmp_path / "cache")
+    assert str(info.value) == (f"cannot decode image {bad} (UnidentifiedImageError: cannot identify image file "
+                               f"'{bad}'); fix or remove it, or pass --skip-bad-images")
+
+
+def test_truncated_image_names_the_file_and_counts_the_others(png_folder, tmp_path):
+    root, _ = png_folder
+    for name in ("0.png", "1.png"):
+        path = root / "test" / "ant" / name
+        path.write_bytes(path.read_bytes()[:40])  # a valid header, cut-off pixel data
+    with pytest.raises(UsageError) as info:
+        load_dataset(f"imagefolder:{root}", cache_dir=tmp_path / "cache")
+    msg = str(info.value)
+    assert msg.startswith(f"cannot decode image {root / 'test' / 'ant' / '0.png'} (")
+    assert msg.endswith(" (1 more); fix or remove it, or pass --skip-bad-images")
+
+
+def test_skip_bad_images_leaves_them_out_and_says_how_many(png_folder, tmp_path, capsys):
+    root, expected = png_folder
+    (root / "train" / "bee" / "-broken.png").write_bytes(b"junk")  # first of its class: labels must skip it too
+    (root / "train" / "ant" / "zz.jpg").write_bytes(b"")
+    train, test = load_dataset(f"imagefolder:{root}", cache_dir=tmp_path / "cache", skip_bad_images=True)
+    assert capsys.readouterr().err.strip() == (f"warning: skipped 2 undecodable image(s) of 8, e.g. "
+                                               f"{root / 'train' / 'ant' / 'zz.jpg'}")
+    assert torch.equal(train.images, expected["train"]) and train.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert torch.equal(test.images, expected["test"])
+
+
+def test_class_folder_without_images_names_the_folder(png_folder, tmp_path):
+    root, _ = png_folder
+    empty = root / "test" / "cat"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    for skip in (False, True):  # skipping cannot help: the class lists would differ
+        with pytest.raises(UsageError) as info:
+            load_dataset(f"imagefolder:{root}", cache_dir=tmp_path / "cache", skip_bad_images=skip)
+        assert str(info.value) == (f"class folder {empty} has no images (.png, .jpg, .jpeg, .bmp); "
+                                   f"add images or remove the folder")

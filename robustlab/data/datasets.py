@@ -5,11 +5,16 @@ Sources, tried in order for `cifar10` / `cifar100`:
   2. an image-folder tree `<data_dir>/<name>/{train,test}/<class>/*.(png|jpg)`;
   3. torchvision's download into the data dir, where a network exists.
 `imagefolder:<path>` reads `<path>/{train,test}/<class>/...` directly.
+
+In an image folder, a file that cannot be decoded or a class folder without images is a UsageError
+naming it; with `skip_bad_images=True` undecodable files are left out instead, with a warning that
+counts them (a class folder without images stays an error: the classes would no longer match).
 """
 from __future__ import annotations
 
 import os
 import pickle
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +63,7 @@ def default_cache_dir() -> Path:
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-                 download: bool = True) -> tuple[ImageDataset, ImageDataset]:
+                 download: bool = True, skip_bad_images: bool = False) -> tuple[ImageDataset, ImageDataset]:
     """Return (train, test) for `cifar10`, `cifar100` or `imagefolder:<path>`."""
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     cache = ArrayCache(Path(cache_dir) if cache_dir else default_cache_dir())
@@ -66,7 +71,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, cache_dir: str |
         root = Path(name.split(":", 1)[1]).expanduser()
         if not (root / "train").is_dir() or not (root / "test").is_dir():
             raise UsageError(f"image folder dataset needs {root}/train/<class>/ and {root}/test/<class>/; not found")
-        return _load_image_folder(root, cache)
+        return _load_image_folder(root, cache, skip_bad_images)
     if name not in TORCHVISION_FOLDERS:
         raise UsageError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN_DATASETS)}")
 
@@ -78,7 +83,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, cache_dir: str |
     folder = data_dir / name
     tried.append(str(folder / "{train,test}"))
     if (folder / "train").is_dir() and (folder / "test").is_dir():
-        return _load_image_folder(folder, cache)
+        return _load_image_folder(folder, cache, skip_bad_images)
     if download:
         tried.append("torchvision download")
         try:
@@ -155,19 +160,32 @@ def _read_cifar_pickles(name: str, base: Path) -> tuple[ImageDataset, ImageDatas
     return splits[0], splits[1]
 
 
-def _load_image_folder(root: Path, cache: "ArrayCache") -> tuple[ImageDataset, ImageDataset]:
-    from torchvision.datasets.folder import find_classes, make_dataset
+def _folder_samples(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """(sorted class names, [(image path, class index)]); a class folder without images is a UsageError."""
+    classes = sorted(d.name for d in os.scandir(folder) if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise UsageError(f"no class folders under {folder}: expected {folder}/<class>/<image>")
+    samples = []
+    for index, name in enumerate(classes):
+        files = sorted(str(Path(dirpath) / f) for dirpath, _, names in os.walk(folder / name, followlinks=True)
+                       for f in names if f.lower().endswith(IMAGE_SUFFIXES))
+        if not files:
+            raise UsageError(f"class folder {folder / name} has no images ({', '.join(IMAGE_SUFFIXES)}); "
+                             f"add images or remove the folder")
+        samples += [(path, index) for path in files]
+    return classes, samples
 
+
+def _load_image_folder(root: Path, cache: "ArrayCache", skip_bad_images: bool = False) -> tuple[ImageDataset, ImageDataset]:
     splits = []
     for split in ("train", "test"):
-        classes, class_to_idx = find_classes(str(root / split))
-        samples = make_dataset(str(root / split), class_to_idx, extensions=IMAGE_SUFFIXES)
-        if not samples:
-            raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root / split}")
-        key = f"{root.resolve()}|{split}|{len(samples)}|{samples[0][0]}|{samples[-1][0]}"
+        classes, samples = _folder_samples(root / split)
+        key = f"{root.resolve()}|{split}|{len(samples)}|{samples[0][0]}|{samples[-1][0]}" + ("|skip-bad" if skip_bad_images else "")
         arrays = cache.get(key)
         if arrays is None:
-            arrays = {"images": _decode_all([p for p, _ in samples]), "labels": np.array([c for _, c in samples], dtype=np.int64)}
+            images, ok = _decode_all([p for p, _ in samples], skip_bad_images)
+            labels = np.array([c for _, c in samples], dtype=np.int64)[ok]
+            arrays = {"images": images, "labels": labels}
             cache.put(key, arrays)
         splits.append(ImageDataset(torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["labels"]), classes))
     if splits[0].classes != splits[1].classes:
@@ -175,16 +193,33 @@ def _load_image_folder(root: Path, cache: "ArrayCache") -> tuple[ImageDataset, I
     return splits[0], splits[1]
 
 
-def _decode_one(path: str) -> np.ndarray:
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+def _decode_one(path: str) -> np.ndarray | str:
+    """The RGB pixels, or why the file cannot be decoded."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError is an OSError
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}"
 
 
-def _decode_all(paths: list[str]) -> np.ndarray:
+def _decode_all(paths: list[str], skip_bad_images: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 (N, 3, H, W) of the decodable images, bool mask of which paths they are)."""
     # Pillow releases the GIL while decoding, so threads give a real speed-up.
     with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) * 2)) as pool:
-        arrays = list(pool.map(_decode_one, paths, chunksize=256))
+        decoded = list(pool.map(_decode_one, paths, chunksize=256))
+    ok = np.array([not isinstance(d, str) for d in decoded], dtype=bool)
+    bad = [(p, d) for p, d in zip(paths, decoded) if isinstance(d, str)]
+    if bad and not skip_bad_images:
+        path, reason = bad[0]
+        more = f" ({len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise UsageError(f"cannot decode image {path} ({reason}){more}; fix or remove it, or pass --skip-bad-images")
+    if bad:
+        print(f"warning: skipped {len(bad)} undecodable image(s) of {len(paths)}, e.g. {bad[0][0]}",
+              file=sys.stderr, flush=True)
+    arrays = [d for d in decoded if not isinstance(d, str)]
+    if not arrays:
+        raise UsageError(f"none of the {len(paths)} images could be decoded (e.g. {paths[0]})")
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
         raise UsageError(f"images must all have one size; found {sorted(shapes)[:3]} (e.g. {paths[0]})")
-    return np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2))
+    return np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2)), ok
