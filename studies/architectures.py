@@ -16,8 +16,8 @@ from robustlab.cli import apply_data_args, apply_train_args, context_from_args, 
 from robustlab.errors import UsageError, cli_entry
 from robustlab.experiment import ExperimentConfig
 from robustlab.models import require_model
-from studies.common import (aggregate, sgd_recipe, history_rows, output_dirs, plot_curves, run_grid, should_tabulate, study_parser,
-                            write_table)
+from studies.common import history_rows, plot_curves, sgd_recipe, study_parser
+from studies.skeleton import Results, Study, Table, run_study
 
 COLUMNS = ["model", "params", "test_acc_last", "test_acc_best", "test_loss", "test_acc_tta", "test_ece",
            "train_seconds", "images_per_s"]
@@ -82,7 +82,13 @@ def table_row(run) -> dict:
     return {"model": run.config.model, "params": r["num_params"], "test_acc_last": m["test_acc"],
             "test_acc_best": m.get("test_acc_best"), "test_loss": m.get("test_loss"),
             "test_acc_tta": m.get("test_acc_tta"), "test_ece": m.get("test_ece"),
-            "train_seconds": m.get("train_seconds"), "images_per_s": m.get("images_per_s"), "seed": run.config.seed}
+            "train_seconds": m.get("train_seconds"), "images_per_s": m.get("images_per_s")}
+
+
+def plot_figures(res: Results) -> None:
+    hist = history_rows(res.runs, lambda r: r.config.model)
+    dataset = res.runs[0].config.data.dataset
+    plot_curves(hist, "test_acc", "test_acc", res.dirs, "test accuracy", f"Test accuracy per epoch ({dataset})")
 
 
 def recipe_text(cfg: ExperimentConfig) -> str:
@@ -136,20 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     apply_train_args(args, base.train, base.augment)  # validates the options once, before any run
     ctx = context_from_args(args, resume=args.resume)
     arms = build_arms(base, models, args.seeds or [0], args)
-    runs = run_grid(arms, args, ctx)
-    if not should_tabulate(args) or not runs:
-        return 0
-
-    dirs = output_dirs(args)
-    rows = [table_row(r) for r in runs]
-    table = aggregate(rows, KEYS, [c for c in COLUMNS if c not in KEYS])
-    note = table_note(runs, args.preset)
-    print(write_table(table, COLUMNS, dirs, title="Architectures", note=note))
-    write_table(rows, COLUMNS + ["seed"], [dirs[0]], stem="runs")
-    hist = [{"model": h.pop("arm"), **h} for h in history_rows(runs, lambda r: r.config.model)]
-    plot_curves(hist, "test_acc", "test_acc", dirs, "test accuracy", f"Test accuracy per epoch ({base.data.dataset})",
-                hue="model")
-    return 0
+    tables = lambda runs: [Table(COLUMNS, KEYS, "Architectures", table_note(runs, args.preset))]  # noqa: E731
+    return run_study(Study(arms, table_row, tables, plot_figures), args, ctx)
 
 
 if __name__ == "__main__":
