@@ -118,7 +118,8 @@ def add_context_args(p: argparse.ArgumentParser, default_out: str) -> None:
     g.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms only (slower on GPU; errors on ops without one)")
     g.add_argument("--no-tensorboard", action="store_true",
-                   help="no TensorBoard event files in the run folders (metrics.csv is still written)")
+                   help="no TensorBoard event files in the run folders (metrics.csv is still written; "
+                        "env ROBUSTLAB_TENSORBOARD=0 does the same)")
 
 
 def add_data_args(p: argparse.ArgumentParser, dataset: str = "cifar10") -> None:

@@ -214,7 +214,8 @@ def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, ctx: Context 
     loggers = None
     if distributed.current().is_main:  # metrics.csv and event files beside the checkpoints, from rank 0
         loggers = run_loggers(run_dir, ctx.tensorboard,
-                              hparams={**cfg.key(), "strategy_options": strategy.options(), "run_id": cfg.run_id})
+                              hparams={**cfg.key(), "strategy_options": strategy.options(), "run_id": cfg.run_id},
+                              class_names=data.splits.classes)
     try:
         result: FitResult = fit(strategy, train_loader, cfg.train, val_loader, test_loader, run_dir=run_dir,
                                 resume=resume, quiet=ctx.quiet, num_classes=data.splits.num_classes,

@@ -35,6 +35,14 @@ def session_cache_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _no_tensorboard():
+    """Runs skip TensorBoard files (about 0.4 s of CPU per run); tests/test_loggers.py turns them on."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ROBUSTLAB_TENSORBOARD", "0")
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(session_cache_dir):
     """Code that falls back to the default cache dir writes into the session cache, not ~/.cache."""
     with pytest.MonkeyPatch.context() as mp:

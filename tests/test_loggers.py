@@ -18,6 +18,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _tensorboard_on(monkeypatch):
+    monkeypatch.setenv("ROBUSTLAB_TENSORBOARD", "1")  # the suite turns it off elsewhere (conftest.py)
+
+
 def tiny_config(strategy: str = "ce", epochs: int = 2, **options) -> ExperimentConfig:
     cfg = ExperimentConfig(model="tiny_cnn", strategy=StrategyConfig(strategy, options), seed=1)
     cfg.data.val_size, cfg.data.noise_rate = 20, 0.2
@@ -113,8 +118,8 @@ def test_resumed_run_logs_each_epoch_once(tiny_cifar10, tmp_path, monkeypatch):
     cfg, out = tiny_config(epochs=3), tmp_path / "out"
     make = experiment.run_loggers
 
-    def interrupted(run_dir, tensorboard=True, hparams=None):
-        group = make(run_dir, tensorboard, hparams)
+    def interrupted(run_dir, tensorboard=True, **kw):
+        group = make(run_dir, tensorboard, **kw)
         group.loggers.append(InterruptAt(2))
         return group
 
@@ -133,9 +138,12 @@ def test_resumed_run_logs_each_epoch_once(tiny_cifar10, tmp_path, monkeypatch):
     assert [e.value for e in logged] == [f32(r["train_loss"]) for r in record["history"]]
 
 
-def test_no_tensorboard_writes_only_the_csv(tiny_cifar10, tmp_path):
+@pytest.mark.parametrize("how", ["context", "environment"])
+def test_no_tensorboard_writes_only_the_csv(tiny_cifar10, tmp_path, monkeypatch, how):
+    if how == "environment":
+        monkeypatch.setenv("ROBUSTLAB_TENSORBOARD", "0")
     cfg = tiny_config(epochs=1)
-    record = run_experiment(cfg, tmp_path / "out", context(tiny_cifar10, tmp_path, tensorboard=False))
+    record = run_experiment(cfg, tmp_path / "out", context(tiny_cifar10, tmp_path, tensorboard=how == "environment"))
     assert record["run_id"] == tiny_config(epochs=1).run_id
     assert not list((tmp_path / "out").rglob("events.out.tfevents*"))
     assert_csv_equals_history(tmp_path / "out" / "runs" / cfg.run_id / "metrics.csv", record["history"])
