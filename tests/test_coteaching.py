@@ -93,3 +93,149 @@ def test_bf16_logits_are_ranked_in_float32():
                     FixedLogits(torch.tensor([[1.0, 0.0], [2.0, 0.0]]).bfloat16()), forget_rate=0.0)
     st.on_epoch_start(0, 1)
     assert st.train_step(torch.zeros(2, 1), y, torch.arange(2), 0).loss.dtype == torch.float32
+
+
+# ---- which samples drive which network's gradient, precision over many batches ----------------
+
+class PerSampleLogits(nn.Module):
+    """Logits from a per-sample parameter table: x holds the sample's row, so row i's gradient comes
+    from sample i alone and shows exactly which samples a network's loss used."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = nn.Parameter(torch.as_tensor(table, dtype=torch.float32).clone())
+
+    def forward(self, x):
+        return self.table[x.view(-1).long()]
+
+
+def _two_nets():
+    y = torch.tensor([0, 1, 0, 1, 0, 1])
+    # per-sample losses: net 1 is surest of samples 0, 1, 2; net 2 of samples 3, 4, 5
+    t1 = torch.tensor([[5.0, 0], [0, 4.0], [3.0, 0], [0, -1.0], [-2.0, 0], [0, -3.0]])
+    t2 = torch.tensor([[-3.0, 0], [0, -2.0], [-1.0, 0], [0, 3.0], [4.0, 0], [0, 5.0]])
+    return PerSampleLogits(t1), PerSampleLogits(t2), y
+
+
+def test_each_network_is_trained_only_on_its_peers_small_loss_samples():
+    net1, net2, y = _two_nets()
+    st = CoTeaching(net1, net2, forget_rate=0.5, num_gradual=0)
+    st.on_epoch_start(0, 1)  # keep 3 of 6
+    x = torch.arange(6).float().view(6, 1)
+    out = st.train_step(x, y, torch.arange(6), 0)
+    out.loss.backward()
+    rows1 = net1.table.grad.abs().sum(1).nonzero().view(-1).tolist()
+    rows2 = net2.table.grad.abs().sum(1).nonzero().view(-1).tolist()
+    assert rows1 == [3, 4, 5]  # net 2's small-loss picks
+    assert rows2 == [0, 1, 2]  # net 1's small-loss picks
+    # d mean_k CE / d logits_i = (softmax_i - onehot_i) / 3 for each kept sample
+    for net, rows in ((net1, rows1), (net2, rows2)):
+        expected = (net.table.detach()[rows].softmax(1) - F.one_hot(y[rows], 2)) / 3
+        assert torch.allclose(net.table.grad[rows], expected, atol=1e-6)
+    assert torch.equal(out.logits, net1.table.detach()) and out.targets is None
+
+
+def test_a_tiny_remember_rate_still_keeps_one_sample_per_network():
+    net1, net2, y = _two_nets()
+    st = CoTeaching(net1, net2, forget_rate=0.9, num_gradual=0)
+    st.on_epoch_start(0, 1)  # int(0.1 * 6) = 0 samples: one is kept instead
+    out = st.train_step(torch.arange(6).float().view(6, 1), y, torch.arange(6), 0)
+    l1 = F.cross_entropy(net1.table.detach(), y, reduction="none")
+    l2 = F.cross_entropy(net2.table.detach(), y, reduction="none")
+    assert out.loss.item() == pytest.approx((l1[5] + l2[0]).item(), rel=1e-6)
+
+
+def test_label_precision_accumulates_over_batches_with_shuffled_indices():
+    torch.manual_seed(0)
+    n = 12
+    clean = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1, 1, 0, 0, 1])
+    noisy = clean.clone()
+    noisy[[1, 4, 6, 9]] = 1 - noisy[[1, 4, 6, 9]]  # 4 mislabelled samples
+    table1, table2 = torch.randn(n, 2), torch.randn(n, 2)
+    st = CoTeaching(PerSampleLogits(table1), PerSampleLogits(table2), forget_rate=0.5, num_gradual=0,
+                    clean_labels=clean)
+    st.on_epoch_start(0, 1)
+    kept = clean_kept = clean_seen = 0
+    for batch in (torch.tensor([7, 2, 11, 4]), torch.tensor([0, 9, 5, 1]), torch.tensor([10, 3, 6, 8])):
+        y = noisy[batch]
+        st.train_step(batch.float().view(-1, 1), y, batch, 0)
+        l1 = F.cross_entropy(table1[batch], y, reduction="none")
+        l2 = F.cross_entropy(table2[batch], y, reduction="none")
+        is_clean = clean[batch] == y
+        for picks in (torch.argsort(l1)[:2], torch.argsort(l2)[:2]):
+            kept += 2
+            clean_kept += int(is_clean[picks].sum())
+            clean_seen += int(is_clean.sum())
+    m = st.epoch_metrics()
+    assert kept == 12 and m["label_precision"] == pytest.approx(clean_kept / kept)
+    assert m["label_recall"] == pytest.approx(clean_kept / clean_seen)
+    assert 0 < clean_kept < kept  # a case where precision is neither 0 nor 1
+
+
+def test_remember_rate_ramps_then_holds_and_reaches_the_step():
+    st = CoTeaching(nn.Linear(1, 2), nn.Linear(1, 2), forget_rate=0.4, num_gradual=4, exponent=2.0)
+    for epoch, expected in ((0, 1.0), (2, 1 - 0.4 * 0.25), (4, 0.6), (9, 0.6)):
+        st.on_epoch_start(epoch, 10)
+        assert st.epoch_metrics() == {"remember_rate": pytest.approx(expected)}
+    assert remember_rate(3, tau=0.2, num_gradual=0) == pytest.approx(0.8)  # Tk = 0: tau from the start
+
+
+def test_build_takes_the_noise_rate_and_two_fresh_networks():
+    from robustlab.strategies import BuildContext, create_strategy
+
+    made = []
+
+    def new_model():
+        made.append(nn.Linear(3, 2))
+        return made[-1]
+
+    ctx = BuildContext(new_model=new_model, num_classes=2, num_train=10, noise_rate=0.25)
+    st = create_strategy("coteach", context=ctx, num_gradual=3, exponent=0.5)
+    assert st.model is made[0] and st.peer is made[1] and len(made) == 2
+    assert (st.tau, st.num_gradual, st.exponent) == (0.25, 3, 0.5)
+    assert st.options() == {"forget_rate": 0.25, "num_gradual": 3, "exponent": 0.5}
+    explicit = create_strategy("coteach", context=ctx, forget_rate=0.1)
+    assert explicit.tau == 0.1 and explicit.options()["forget_rate"] == 0.1
+    assert set(st.extra_predictors()) == {"net2", "ensemble"} and st.extra_predictors()["net2"] is st.peer
+
+
+def test_without_a_noise_rate_or_forget_rate_build_says_what_to_pass():
+    from robustlab.strategies import BuildContext, create_strategy
+
+    ctx = BuildContext(new_model=lambda: nn.Linear(3, 2), num_classes=2, num_train=10, noise_rate=0.0)
+    with pytest.raises(UsageError) as info:
+        create_strategy("coteach", context=ctx)
+    assert str(info.value) == "coteach needs a forget rate: train on noisy labels or pass forget_rate=<fraction>"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"forget_rate": 1.0}, "co-teaching forget rate must be in [0, 1), got 1.0"),
+    ({"forget_rate": -0.1}, "co-teaching forget rate must be in [0, 1), got -0.1"),
+    ({"forget_rate": 0.2, "num_gradual": -1}, "num_gradual must be >= 0, got -1"),
+    ({"forget_rate": 0.2, "exponent": 0.0}, "exponent must be > 0, got 0.0"),
+])
+def test_bad_settings_name_the_setting(kwargs, message):
+    with pytest.raises(UsageError) as info:
+        CoTeaching(nn.Linear(1, 2), nn.Linear(1, 2), **kwargs)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"forget_rate": 1.0}, "forget_rate must be in [0, 1), got 1.0"),
+    ({"num_gradual": -2}, "num_gradual must be >= 0, got -2"),
+    ({"exponent": -1.0}, "exponent must be > 0, got -1.0"),
+])
+def test_bad_config_fields_are_named(options, message):
+    from robustlab.strategies.coteaching import CoTeachingConfig
+
+    with pytest.raises(UsageError) as info:
+        CoTeachingConfig(**options).validate()
+    assert str(info.value) == message
+    CoTeachingConfig(forget_rate=0.0, num_gradual=0, exponent=1e-3).validate()  # the edges are valid
+
+
+def test_ensemble_of_a_certain_and_an_uncertain_network():
+    sure = FixedLogits(torch.tensor([[100.0, 0.0]]))
+    unsure = FixedLogits(torch.tensor([[0.0, 0.0]]))
+    out = EnsembleLogits(sure, unsure)(torch.zeros(1, 1))
+    assert torch.allclose(out.exp(), torch.tensor([[0.75, 0.25]]), atol=1e-6)
