@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import write_tiny_cifar100
 
 from robustlab.corruptions.dataset_noise import dataset_noisy_labels, parse_noise_type
-from robustlab.corruptions.human import CIFAR10_CLASSES, image_folder_train_files, original_index
+from robustlab.corruptions.human import CIFAR10_CLASSES, PUBLISHED_RATES, image_folder_train_files, original_index
 from robustlab.corruptions.labelfiles import read_label_dict
 from robustlab.corruptions.labels import corrupt_with_transition, noise_report
 from robustlab.data import load_dataset
@@ -214,6 +214,7 @@ def test_label_files_load_without_running_pickled_code(tmp_path):
 def test_real_cifar_n_files_load_safely_with_published_rates():
     ten = read_label_dict(REAL / "CIFAR-10_human.pt")  # torch.load(weights_only=True) inside
     published = {"aggre": 0.0901, "random1": 0.1723, "random2": 0.1812, "random3": 0.1764, "worst": 0.4021}
+    assert {k: PUBLISHED_RATES[k] for k in published} == published and PUBLISHED_RATES["noisy"] == 0.4020
     for name, rate in published.items():
         assert np.mean(ten[KEYS[name]] != ten["clean_label"]) == pytest.approx(rate, abs=5e-5)
     hundred = read_label_dict(REAL / "CIFAR-100_human.pt")
@@ -327,3 +328,19 @@ def test_noise_type_forms():
                      ("gaussian", "unknown noise type")):
         with pytest.raises(UsageError, match=msg):
             parse_noise_type(bad)
+
+
+def test_cifar100n_on_the_torchvision_pickles(tmp_path):
+    c100 = write_tiny_cifar100(tmp_path / "c100", n_train=200)
+    rng = np.random.default_rng(2)
+    fine = c100.train_labels.astype(np.int64)
+    noisy = np.where(rng.random(len(fine)) < 0.4, rng.integers(0, 100, len(fine)), fine).astype(np.int64)
+    path = c100.root / "cifar-n" / "CIFAR-100_human.pt"
+    path.parent.mkdir()
+    torch.save({"clean_label": fine, "noisy_label": noisy, "clean_coarse_label": [int(v) for v in c100.train_coarse],
+                "noisy_coarse_label": [int(v) for v in c100.train_coarse]}, path)
+    cfg = DataConfig(dataset="cifar100", val_size=0, noise_type="human:noisy")
+    data = prepare_data(cfg, 0, Context(data_dir=str(c100.root), cache_dir=str(tmp_path / "c")))
+    np.testing.assert_array_equal(data.splits.train.labels.numpy(), noisy[data.splits.train_index])
+    assert data.noise["realized_rate"] == pytest.approx(np.mean(noisy != fine))
+    assert len(data.noise["transition"]) == 100

@@ -1,4 +1,7 @@
-"""Corruptions for robustness studies: synthetic label noise and CIFAR-10-C-style input corruptions."""
+"""Corruptions for robustness studies: synthetic, instance-dependent and real (CIFAR-N) label noise, and
+CIFAR-10-C-style input corruptions."""
+from robustlab.corruptions.dataset_noise import NOISE_TYPE_HELP, dataset_noisy_labels, parse_noise_type
+from robustlab.corruptions.human import LABEL_SETS, PUBLISHED_RATES, human_labels
 from robustlab.corruptions.inputs import (
     INPUT_CORRUPTIONS,
     MAX_SEVERITY,
@@ -6,6 +9,7 @@ from robustlab.corruptions.inputs import (
     corrupt,
     list_input_corruptions,
 )
+from robustlab.corruptions.instance import instance_dependent_labels
 from robustlab.corruptions.labels import (
     CIFAR10_ASYMMETRIC_MAP,
     CIFAR100_FINE_TO_COARSE,
@@ -13,6 +17,7 @@ from robustlab.corruptions.labels import (
     NoiseReport,
     asymmetric_class_map,
     corrupt_labels,
+    corrupt_with_transition,
     list_label_noises,
     noise_report,
     transition_matrix,
@@ -22,15 +27,23 @@ __all__ = [
     "CIFAR10_ASYMMETRIC_MAP",
     "CIFAR100_FINE_TO_COARSE",
     "INPUT_CORRUPTIONS",
+    "LABEL_SETS",
     "MAX_SEVERITY",
     "NOISE_TYPES",
+    "NOISE_TYPE_HELP",
+    "PUBLISHED_RATES",
     "NoiseReport",
     "SEVERITY_PARAMS",
     "asymmetric_class_map",
     "corrupt",
     "corrupt_labels",
+    "corrupt_with_transition",
+    "dataset_noisy_labels",
+    "human_labels",
+    "instance_dependent_labels",
     "list_input_corruptions",
     "list_label_noises",
     "noise_report",
+    "parse_noise_type",
     "transition_matrix",
 ]

@@ -168,11 +168,3 @@ def human_labels(label_set: str, dataset_name: str, data_dir: str | Path | None,
             "layout": layout.kind}
     return HumanLabels(file_noisy[index], index, info)
 
-
-def cifar_n_available(data_dir: str | Path | None, family: str = "cifar10") -> Path | None:
-    """Path of the CIFAR-N file of `family` under data_dir/cifar-n, or None."""
-    from robustlab.data.datasets import default_data_dir
-
-    path = (Path(data_dir) if data_dir else default_data_dir()) / CIFAR_N_FOLDER / CIFAR_N_FILES[family]
-    return path if path.is_file() else None
-

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
 
 from robustlab.errors import require
 
@@ -38,6 +37,8 @@ _CHUNK = 4096   # rows per matrix product: bounds the float64 copy of the images
 
 
 def _flip_distribution(rate: float, norm_std: float):
+    from scipy import stats  # only instance noise needs scipy.stats: keep it off the CLI start-up path
+
     return stats.truncnorm((0 - rate) / norm_std, (1 - rate) / norm_std, loc=rate, scale=norm_std)
 
 
