@@ -297,3 +297,123 @@ def test_transition_heatmaps_show_the_matrices():
     assert [t.get_text() for t in heatmaps[1].get_yticklabels()] == ["w", "x", "y", "z"]
     with pytest.raises(UsageError, match="one size"):
         plot_transition_matrices([("a", a), ("b", np.eye(3))])
+
+
+# ---- every noise model's full transition matrix -----------------------------------------------
+
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+# The CIFAR-100 superclasses and their fine classes (the dataset's meta file, Krizhevsky 2009).
+CIFAR100_SUPERCLASSES = {
+    "aquatic_mammals": ["beaver", "dolphin", "otter", "seal", "whale"],
+    "fish": ["aquarium_fish", "flatfish", "ray", "shark", "trout"],
+    "flowers": ["orchid", "poppy", "rose", "sunflower", "tulip"],
+    "food_containers": ["bottle", "bowl", "can", "cup", "plate"],
+    "fruit_and_vegetables": ["apple", "mushroom", "orange", "pear", "sweet_pepper"],
+    "household_electrical_devices": ["clock", "keyboard", "lamp", "telephone", "television"],
+    "household_furniture": ["bed", "chair", "couch", "table", "wardrobe"],
+    "insects": ["bee", "beetle", "butterfly", "caterpillar", "cockroach"],
+    "large_carnivores": ["bear", "leopard", "lion", "tiger", "wolf"],
+    "large_man-made_outdoor_things": ["bridge", "castle", "house", "road", "skyscraper"],
+    "large_natural_outdoor_scenes": ["cloud", "forest", "mountain", "plain", "sea"],
+    "large_omnivores_and_herbivores": ["camel", "cattle", "chimpanzee", "elephant", "kangaroo"],
+    "medium_mammals": ["fox", "porcupine", "possum", "raccoon", "skunk"],
+    "non-insect_invertebrates": ["crab", "lobster", "snail", "spider", "worm"],
+    "people": ["baby", "boy", "girl", "man", "woman"],
+    "reptiles": ["crocodile", "dinosaur", "lizard", "snake", "turtle"],
+    "small_mammals": ["hamster", "mouse", "rabbit", "shrew", "squirrel"],
+    "trees": ["maple_tree", "oak_tree", "palm_tree", "pine_tree", "willow_tree"],
+    "vehicles_1": ["bicycle", "bus", "motorcycle", "pickup_truck", "train"],
+    "vehicles_2": ["lawn_mower", "rocket", "streetcar", "tank", "tractor"],
+}
+
+
+def _cifar100_coarse_of_fine() -> list[int]:
+    """Fine labels in alphabetical order (CIFAR-100's), superclass indices in alphabetical order."""
+    fine = sorted(f for members in CIFAR100_SUPERCLASSES.values() for f in members)
+    coarse_names = sorted(CIFAR100_SUPERCLASSES)
+    return [coarse_names.index(next(c for c, m in CIFAR100_SUPERCLASSES.items() if f in m)) for f in fine]
+
+
+def test_cifar100_fine_to_coarse_table_entry_by_entry():
+    expected = _cifar100_coarse_of_fine()
+    assert len(expected) == 100
+    assert list(CIFAR100_FINE_TO_COARSE) == expected
+
+
+def _expected_cifar10_asymmetric(rate: float) -> np.ndarray:
+    flips = {"truck": "automobile", "bird": "airplane", "deer": "horse", "cat": "dog", "dog": "cat"}
+    t = np.eye(10)
+    for src, dst in flips.items():
+        i, j = CIFAR10_NAMES.index(src), CIFAR10_NAMES.index(dst)
+        t[i, i], t[i, j] = 1 - rate, rate
+    return t
+
+
+def _expected_cifar100_asymmetric(rate: float) -> np.ndarray:
+    coarse = np.array(_cifar100_coarse_of_fine())
+    t = np.zeros((100, 100))
+    for i in range(100):
+        members = [f for f in range(100) if coarse[f] == coarse[i]]  # increasing fine index
+        t[i, i] = 1 - rate
+        t[i, members[(members.index(i) + 1) % 5]] = rate
+    return t
+
+
+def _expected(noise: str, c: int, rate: float) -> np.ndarray:
+    t = np.empty((c, c))
+    for i in range(c):
+        for j in range(c):
+            if noise == "symmetric":
+                t[i, j] = 1 - rate if i == j else rate / (c - 1)
+            elif noise == "uniform":
+                t[i, j] = 1 - rate + rate / c if i == j else rate / c
+            elif noise == "pair":
+                t[i, j] = 1 - rate if i == j else (rate if j == (i + 1) % c else 0.0)
+    return t
+
+
+@pytest.mark.parametrize("noise, c, rate", [("symmetric", 10, 0.4), ("symmetric", 4, 0.3), ("uniform", 10, 0.5),
+                                            ("uniform", 5, 0.2), ("pair", 10, 0.45), ("pair", 3, 0.2)])
+def test_transition_matrix_entry_by_entry(noise, c, rate):
+    np.testing.assert_allclose(transition_matrix(noise, c, rate), _expected(noise, c, rate), atol=1e-12)
+
+
+def test_asymmetric_transition_matrices_entry_by_entry():
+    np.testing.assert_allclose(transition_matrix("asymmetric", 10, 0.4), _expected_cifar10_asymmetric(0.4), atol=1e-12)
+    np.testing.assert_allclose(transition_matrix("asymmetric", 100, 0.3), _expected_cifar100_asymmetric(0.3), atol=1e-12)
+    # with a given fine->coarse table: superclasses {0, 2, 3} and {1, 4}; class 5 alone never flips
+    t = transition_matrix("asymmetric", 6, 0.2, coarse_labels=[7, 9, 7, 7, 9, 8])
+    expected = np.eye(6)
+    for i, j in ((0, 2), (2, 3), (3, 0), (1, 4), (4, 1)):
+        expected[i, i], expected[i, j] = 0.8, 0.2
+    np.testing.assert_allclose(t, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("noise, c, rate, expected", [
+    ("symmetric", 10, 0.4, _expected("symmetric", 10, 0.4)),
+    ("uniform", 10, 0.5, _expected("uniform", 10, 0.5)),
+    ("pair", 10, 0.45, _expected("pair", 10, 0.45)),
+    ("asymmetric", 10, 0.4, _expected_cifar10_asymmetric(0.4)),
+])
+def test_corrupted_labels_follow_the_full_expected_matrix(noise, c, rate, expected):
+    clean = np.arange(100_000) % c
+    noisy = corrupt_labels(clean, c, noise, rate, seed=3)
+    np.testing.assert_allclose(noise_report(clean, noisy, c).transition, expected, atol=0.012)
+
+
+def test_cifar100_asymmetric_labels_follow_the_superclass_table():
+    clean = np.arange(200_000) % 100
+    noisy = np.asarray(corrupt_labels(clean, 100, "asymmetric", 0.3, seed=4))
+    np.testing.assert_allclose(noise_report(clean, noisy, 100).transition, _expected_cifar100_asymmetric(0.3),
+                               atol=0.03)
+    partner = np.array([np.flatnonzero(row == 0.3)[0] for row in _expected_cifar100_asymmetric(0.3)])
+    moved = noisy != clean
+    assert np.array_equal(noisy[moved], partner[clean[moved]])  # every flip hits the class's one partner
+
+
+def test_uniform_noise_redraws_exactly_round_rate_n_labels():
+    clean = np.zeros(1000, dtype=np.int64)
+    for rate, n_redrawn in ((0.25, 250), (0.0015, 2)):  # round(1.5) = 2
+        noisy = np.asarray(corrupt_labels(clean, 1000, "uniform", rate, seed=0))
+        # with 1000 classes a redraw keeps the label with probability 1/1000: almost all redraws show
+        assert n_redrawn - 2 <= int((noisy != clean).sum()) <= n_redrawn
