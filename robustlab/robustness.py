@@ -90,7 +90,8 @@ def generated_corruptions(images: torch.Tensor, labels: torch.Tensor, corruption
             yield name, severity, batches
 
 
-def load_released(directory: str | Path, name: str, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+def load_released(directory: str | Path, name: str, limit: int | None = None,
+                  num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """DIR/<name>.npy and DIR/labels.npy of a CIFAR-10-C / CIFAR-100-C release.
 
     Returns uint8 images (5 n, 3, H, W), labels (5 n,) and n, the images per severity (N in the
@@ -107,6 +108,10 @@ def load_released(directory: str | Path, name: str, limit: int | None = None) ->
     require(labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer) and len(labels) in (n, MAX_SEVERITY * n),
             f"{directory / 'labels.npy'} must hold integer labels of shape ({MAX_SEVERITY * n},) or ({n},) to match "
             f"{name}.npy, got {labels.dtype} {labels.shape}")
+    if num_classes is not None:
+        require(int(labels.min()) >= 0 and int(labels.max()) < num_classes,
+                f"{directory / 'labels.npy'} holds labels outside 0..{num_classes - 1}, the evaluated models' classes "
+                "(CIFAR-100-C files for a CIFAR-10 model?)")
     if len(labels) == n:
         labels = np.tile(labels, MAX_SEVERITY)
     keep = n if limit is None else min(n, limit)
@@ -124,10 +129,10 @@ def _load_npy(path: Path) -> np.ndarray:
 
 
 def released_corruptions(directory: str | Path, corruptions: Sequence[str], device="cpu", batch: int = EVAL_BATCH,
-                         limit: int | None = None) -> Source:
+                         limit: int | None = None, num_classes: int | None = None) -> Source:
     """The released files' images, severity by severity (each file is checked before it is used)."""
     for name in corruptions:
-        images, labels, n = load_released(directory, name, limit)
+        images, labels, n = load_released(directory, name, limit, num_classes)
         for severity in SEVERITIES:
             block = slice((severity - 1) * n, severity * n)
 
@@ -277,3 +282,117 @@ def calibration_summary(logits: torch.Tensor, labels: torch.Tensor, val_logits: 
         row.update(temperature=t, test_ece_ts=expected_calibration_error(scaled, labels, from_logits=True),
                    test_nll_ts=negative_log_likelihood(scaled, labels))
     return row
+
+
+# ---- runs: the classifier of a checkpoint and the images it was evaluated on -------------------
+
+def load_classifier(checkpoint: str | Path, device) -> tuple[dict, ModelSpec]:
+    """The run record and its classifier (the strategy's main network) in eval mode on `device`,
+    with the run's normalization; a checkpoint of a run that trains no classifier is a UsageError."""
+    from robustlab.runs import load_run_network
+    from robustlab.strategies import get_strategy
+
+    checkpoint = Path(checkpoint)
+    require(checkpoint.is_file(), f"checkpoint {checkpoint} does not exist")
+    run = load_run_network(checkpoint)
+    require(get_strategy(run.config.strategy.name).classifies,
+            f"{checkpoint} is a {run.config.strategy.name!r} run, which trains no classifier; robustness evaluates "
+            "classifier runs")
+    data = run.record["data"]
+    return run.record, ModelSpec(run.network.to(device).eval(), data["mean"], data["std"])
+
+
+def run_eval_splits(record: dict, ctx, test_size: int | None = None):
+    """The run's validation split and its test split (or a class-balanced subset of `test_size`),
+    rebuilt from the record; training-label noise is left out unless it was applied to validation."""
+    from dataclasses import fields
+
+    from robustlab.experiment import DataConfig, prepare_data
+
+    known = {f.name for f in fields(DataConfig)}
+    data = DataConfig(**{k: v for k, v in record["config"]["data"].items() if k in known})
+    if test_size is not None and (data.test_size is None or test_size < data.test_size):
+        data.test_size = test_size
+    if not data.noisy_val:  # the train labels are not needed
+        clean = DataConfig()
+        for name in ("noise_type", "noise_rate", "noise_file"):
+            if hasattr(data, name):
+                setattr(data, name, getattr(clean, name))
+    splits = prepare_data(data, record["config"]["seed"], ctx).splits
+    return splits.val, splits.test
+
+
+# ---- figures ----------------------------------------------------------------------------------
+
+def long_rows(scores: dict[tuple[str, int], CorruptionScores]) -> list[dict]:
+    """One row per (model, seed, corruption, severity): acc, ece and the corruption's family."""
+    from robustlab.corruptions.inputs import corruption_family
+
+    return [{"model": label, "seed": seed, "corruption": c, "family": corruption_family(c), "severity": v,
+             "benchmark": c in BENCHMARK_CORRUPTIONS, "acc": s.acc[(c, v)], "ece": s.ece[(c, v)]}
+            for (label, seed), s in scores.items() for (c, v) in s.acc]
+
+
+def _clean_rows(scores, families) -> list[dict]:
+    return [{"model": label, "seed": seed, "family": f, "severity": 0, "acc": s.clean_acc, "ece": s.clean_ece}
+            for (label, seed), s in scores.items() for f in families]
+
+
+def family_figure(scores: dict[tuple[str, int], CorruptionScores]):
+    """Accuracy vs severity (0 = clean), one panel per corruption family (benchmark corruptions;
+    a family with only extras evaluated shows those), one line per model, mean and sd over seeds."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    rows = long_rows(scores)
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    shown = [r for r in rows if r["benchmark"] or not any(o["benchmark"] and o["family"] == r["family"] for o in rows)]
+    frame = pd.DataFrame(shown + _clean_rows(scores, families))
+    fig, axes = plt.subplots(1, len(families), figsize=(3.2 * len(families), 3.4), sharey=True, squeeze=False)
+    for ax, family in zip(axes[0], families):
+        sns.lineplot(data=frame[frame.family == family], x="severity", y="acc", hue="model", marker="o", errorbar="sd",
+                     ax=ax, legend=ax is axes[0][-1])
+        ax.set(title=family, xlabel="severity (0 = clean)", ylabel="accuracy")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def ece_figure(scores: dict[tuple[str, int], CorruptionScores]):
+    """ECE vs severity (0 = clean), averaged over the benchmark corruptions evaluated (all when none is)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    rows = long_rows(scores)
+    bench = [r for r in rows if r["benchmark"]] or rows
+    frame = pd.DataFrame(bench + _clean_rows(scores, ["all"]))
+    fig, ax = plt.subplots(figsize=(5.4, 3.8))
+    sns.lineplot(data=frame, x="severity", y="ece", hue="model", marker="o", errorbar="sd", ax=ax)
+    ax.set(xlabel="severity (0 = clean)", ylabel="ECE (15 bins)", title="Calibration under corruption")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_figure(label: str, scores: CorruptionScores):
+    """Accuracy (%) per corruption x severity of one model."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    corruptions = list(dict.fromkeys(c for c, _ in scores.acc))
+    frame = pd.DataFrame([[100 * scores.acc[(c, s)] for s in SEVERITIES] for c in corruptions], index=corruptions,
+                         columns=list(SEVERITIES))
+    fig, ax = plt.subplots(figsize=(6.0, 0.4 * len(corruptions) + 1.6))
+    sns.heatmap(frame, annot=True, fmt=".1f", cmap="viridis", vmin=0, vmax=100, cbar_kws={"label": "accuracy (%)"}, ax=ax)
+    ax.set(xlabel="severity", ylabel="corruption", title=f"{label}: accuracy (clean {100 * scores.clean_acc:.1f}%)")
+    fig.tight_layout()
+    return fig

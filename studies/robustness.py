@@ -1,25 +1,20 @@
 """How much accuracy survives common image corruptions, and how well calibrated is the model?
 
+    python -m studies.robustness --methods ce,augmix [--preset paper] [--cifar-c DIR]
     python -m studies.robustness --checkpoint results/train/runs/<run_id>/last.pt [--checkpoint ...]
-    python -m studies.robustness --models small_cnn,tiny_cnn [--preset paper]
+    python -m studies.robustness --from-results results/noisy_labels [--baseline noisy_ce]
 
-A checkpoint (`last.pt` or `best.pt`) is read with its run record (`records/<run_id>.json`, two
-folders above the run folder), which names the model, its keywords, the data split and the
-normalization. `--models` first trains each model with the preset (or reuses its record), then
-evaluates it.
+`--models` x `--methods` are trained with the preset's model, data and budget (default: the
+preset's model with plain cross-entropy); `--checkpoint` adds a run, `--from-results DIR` every
+finished run of another study. Each run is scored on its own test split, clean and under every
+corruption of CIFAR-10-C (the 15 benchmark ones plus the 4 extras) at severities 1-5, generated on
+the fly with a seeded generator, or read from the released files with `--cifar-c DIR`
+(CIFAR-10-C or CIFAR-100-C: DIR/<corruption>.npy and DIR/labels.npy).
 
-Every corruption of `robustlab.corruptions.list_input_corruptions()` is applied at severities 1-5
-to the [0, 1] test images on the device, batch by batch with a generator seeded per (corruption,
-severity), before normalization. Reported per model:
-  clean_acc, mean_corrupted_acc (mean over corruptions x severities), mce_unnormalized (the mean
-  corruption error: mean over corruptions x severities of 1 - acc), mce_vs_baseline (Hendrycks &
-  Dietterich's mCE: mean over corruptions of sum_s error / sum_s error of the baseline, the first
-  model or --baseline; only with two or more models), and acc_<corruption> (mean over severities).
-Calibration on the clean test split: ECE and NLL, and again after temperature scaling fitted on
-the run's validation split (when it has one).
-
-Writes table.md/csv, corruptions_long.csv (model, corruption, severity, acc), calibration.md/csv,
-heatmap_<model>.png (corruption x severity accuracy) and reliability_<model>[_ts].png.
+Writes table.md/csv (clean and mean corruption accuracy, mCE and relative mCE against --baseline,
+ECE clean and under corruption, per-corruption accuracy; mean ± std over seeds), runs.csv,
+corruptions_long.csv, calibration.md/csv (ECE/NLL, temperature scaling on the validation split),
+accuracy_by_family.png, ece_by_severity.png, heatmap_<model>.png and reliability_<model>[_ts].png.
 """
 from __future__ import annotations
 
@@ -27,207 +22,92 @@ import copy
 import re
 import shutil
 import sys
-import zlib
-from dataclasses import dataclass, fields
 from pathlib import Path
 
-import torch
-
-from robustlab.calibration import (apply_temperature, expected_calibration_error, fit_temperature,
-                                   negative_log_likelihood, plot_reliability_diagram)
+from robustlab.calibration import plot_reliability_diagram
 from robustlab.cli import apply_data_args, apply_train_args, context_from_args, name_list
-from robustlab.corruptions.inputs import MAX_SEVERITY, corrupt, list_input_corruptions
-from robustlab.data.augment import normalize
+from robustlab.corruptions.inputs import list_input_corruptions
 from robustlab.errors import UsageError, cli_entry, require
-from robustlab.experiment import Context, DataConfig, ExperimentConfig, prepare_data, resolve_device
+from robustlab.experiment import ExperimentConfig, StrategyConfig, resolve_device
 from robustlab.fileio import write_text
 from robustlab.models import require_model
 from robustlab.precision import resolve_precision
-from robustlab.runs import load_run_network
-from studies.common import (csv_table, output_dirs, run_grid, save_figure, sgd_recipe, should_tabulate, study_parser,
-                            write_table)
+from robustlab.records import load_records
+from robustlab.robustness import (BASELINE_NOTE, ModelSpec, calibration_summary, ece_figure, evaluate_corruptions,
+                                  family_figure, generated_corruptions, heatmap_figure, load_classifier, load_released,
+                                  long_rows, predict_logits, released_corruptions, robustness_rows, run_eval_splits,
+                                  summarize_over_seeds)
+from robustlab.strategies import get_strategy
+from studies.common import csv_table, output_dirs, run_grid, save_figure, sgd_recipe, should_tabulate, study_parser, write_table
 
-EVAL_BATCH = 500
 PRESET_MODELS = {"quick": ("small_cnn",), "paper": ("resnet18",)}
 EVAL_TEST_SIZE = {"quick": 1000, "paper": None}  # test images evaluated (None: the run's whole test split)
 
 
 def preset(name: str) -> ExperimentConfig:
-    """Training recipe for `--models`. quick: 2,000 images, 10 epochs, minutes on a 2-core CPU.
-    paper: 45k/5k CIFAR-10, 100 epochs of SGD with warm-up + cosine."""
+    """quick: 2,000 images, 10 epochs, minutes on a 2-core CPU. paper: 45k/5k CIFAR-10, 100 epochs of SGD."""
     cfg = sgd_recipe(name, quick_train=2000, quick_test=1000, quick_epochs=10)
     cfg.train.tta = "none"
     return cfg
 
 
-# ---- loading a run ---------------------------------------------------------------------------
-
-@dataclass
-class LoadedRun:
-    label: str
-    record: dict
-    model: torch.nn.Module
-
-
-def load_run(checkpoint: str | Path, device: torch.device) -> tuple[dict, torch.nn.Module]:
-    """The run record and its classifier (the strategy's main model), in eval mode on `device`."""
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise UsageError(f"checkpoint {checkpoint} does not exist")
-    run = load_run_network(checkpoint)
-    from robustlab.strategies import get_strategy
-    require(get_strategy(run.config.strategy.name).classifies,
-            f"{checkpoint} is a {run.config.strategy.name!r} run, which trains no classifier; "
-            "robustness evaluates classifier runs")
-    return run.record, run.network.to(device).eval()
-
-
-def eval_splits(record: dict, ctx: Context, test_size: int | None):
-    """The run's validation split and (a class-balanced subset of) its test split."""
-    known = {f.name for f in fields(DataConfig)}
-    data = DataConfig(**{k: v for k, v in record["config"]["data"].items() if k in known})
-    if test_size is not None and (data.test_size is None or test_size < data.test_size):
-        data.test_size = test_size
-    data.noise_rate = 0.0 if not data.noisy_val else data.noise_rate  # train labels are not needed
-    splits = prepare_data(data, record["config"]["seed"], ctx).splits
-    return splits.val, splits.test
-
-
-# ---- evaluation ------------------------------------------------------------------------------
-
-@torch.no_grad()
-def logits_of(model, images: torch.Tensor, mean, std, device, corruption: str | None = None, severity: int = 0,
-              generator: torch.Generator | None = None, batch: int = EVAL_BATCH) -> torch.Tensor:
-    """Logits for uint8 images; with a corruption, it is applied to the [0, 1] batch (in float32) before
-    normalization. The model runs under the training precision policy (bf16 where native)."""
-    policy = resolve_precision("auto", device, channels_last=False)
-    out = []
-    for i in range(0, len(images), batch):
-        x = images[i:i + batch].to(device).float().div_(255)
-        if corruption is not None and severity:
-            x = corrupt(x, corruption, severity, generator)
-        with policy.autocast():
-            out.append(model(normalize(x, mean, std)).float())
-    return torch.cat(out)
-
-
-def corruption_generator(name: str, severity: int, seed: int, device: torch.device) -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(seed * 1_000_003 + zlib.crc32(f"{name}/{severity}".encode()))
-    return g
-
-
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return (logits.argmax(1) == labels.to(logits.device)).float().mean().item()
-
-
-def evaluate_corruptions(model, test, mean, std, device, corruptions: list[str], seed: int = 0) -> dict:
-    """{'clean': acc, (corruption, severity): acc, ...} on the test split."""
-    labels = test.labels.to(device)
-    result = {"clean": accuracy(logits_of(model, test.images, mean, std, device), labels)}
-    for name in corruptions:
-        for severity in range(1, MAX_SEVERITY + 1):
-            g = corruption_generator(name, severity, seed, device)
-            result[(name, severity)] = accuracy(
-                logits_of(model, test.images, mean, std, device, name, severity, g), labels)
-    return result
-
-
-def summary_row(label: str, acc: dict, corruptions: list[str], baseline: dict | None = None) -> dict:
-    per = {c: [acc[(c, s)] for s in range(1, MAX_SEVERITY + 1)] for c in corruptions}
-    mean_acc = sum(sum(v) for v in per.values()) / sum(len(v) for v in per.values())
-    row = {"model": label, "clean_acc": acc["clean"], "mean_corrupted_acc": mean_acc,
-           "mce_unnormalized": 1.0 - mean_acc, "mce_vs_baseline": None}
-    if baseline is not None:
-        ratios = []
-        for c, accs in per.items():
-            base_err = sum(1 - baseline[(c, s)] for s in range(1, MAX_SEVERITY + 1))
-            ratios.append(sum(1 - a for a in accs) / base_err if base_err > 0 else float("nan"))
-        row["mce_vs_baseline"] = sum(ratios) / len(ratios)
-    row.update({f"acc_{c}": sum(v) / len(v) for c, v in per.items()})
-    return row
-
-
-def calibration_row(label: str, model, val, test, mean, std, device, test_logits=None) -> tuple[dict, dict]:
-    """ECE/NLL on the clean test split, raw and after temperature scaling fitted on `val` (if any)."""
-    logits = test_logits if test_logits is not None else logits_of(model, test.images, mean, std, device)
-    labels = test.labels.to(logits.device)
-    row = {"model": label, "temperature": None, "test_ece": expected_calibration_error(logits, labels, from_logits=True),
-           "test_nll": negative_log_likelihood(logits, labels), "test_ece_ts": None, "test_nll_ts": None}
-    scaled = None
-    if val is not None and len(val):
-        val_logits = logits_of(model, val.images, mean, std, device)
-        t = fit_temperature(val_logits, val.labels.to(val_logits.device))
-        scaled = apply_temperature(logits, t)
-        row.update(temperature=t, test_ece_ts=expected_calibration_error(scaled, labels, from_logits=True),
-                   test_nll_ts=negative_log_likelihood(scaled, labels))
-    return row, {"logits": logits, "scaled": scaled, "labels": labels}
-
-
-# ---- figures ---------------------------------------------------------------------------------
-
-def slug(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
-
-
-def plot_heatmap(label: str, acc: dict, corruptions: list[str], dirs) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
-
-    frame = pd.DataFrame([[100 * acc[(c, s)] for s in range(1, MAX_SEVERITY + 1)] for c in corruptions],
-                         index=corruptions, columns=range(1, MAX_SEVERITY + 1))
-    fig, ax = plt.subplots(figsize=(6.0, 0.4 * len(corruptions) + 1.6))
-    sns.heatmap(frame, annot=True, fmt=".1f", cmap="viridis", vmin=0, vmax=100, cbar_kws={"label": "accuracy (%)"},
-                ax=ax)
-    ax.set(xlabel="severity", ylabel="corruption", title=f"{label}: accuracy (clean {100 * acc['clean']:.1f}%)")
-    fig.tight_layout()
-    save_figure(fig, f"heatmap_{slug(label)}", dirs)
-
-
-# ---- command line ----------------------------------------------------------------------------
-
 def build_parser():
     p = study_parser("robustness", __doc__)
     g = p.add_argument_group("robustness")
-    g.add_argument("--checkpoint", action="append", default=[], metavar="PATH",
-                   help="a run's last.pt or best.pt (repeatable)")
-    g.add_argument("--models", type=name_list, default=None,
-                   help="comma-separated models to train with the preset, then evaluate (default: the preset's model "
-                        "when no --checkpoint is given)")
-    g.add_argument("--baseline", default=None, metavar="MODEL", help="label of the mCE baseline (default: the first model)")
+    g.add_argument("--checkpoint", action="append", default=[], metavar="PATH", help="a run's last.pt or best.pt (repeatable)")
+    g.add_argument("--from-results", action="append", default=[], metavar="DIR",
+                   help="add every finished run (its last.pt) of another study's results folder (repeatable)")
+    g.add_argument("--models", type=name_list, default=None, help="models to train with the preset (default: the preset's)")
+    g.add_argument("--methods", type=name_list, default=None,
+                   help="strategies to train for each model with the same budget, e.g. ce,augmix (default: ce)")
+    g.add_argument("--baseline", default=None, metavar="MODEL", help="row label the mCE is normalized by (default: the first)")
     g.add_argument("--corruptions", type=name_list, default=None, help="comma-separated subset of the corruptions")
-    g.add_argument("--corruption-seed", type=int, default=0, help="seed of the corruption noise")
+    g.add_argument("--corruption-seed", type=int, default=0, help="seed of the generated corruptions")
+    g.add_argument("--cifar-c", default=None, metavar="DIR",
+                   help="evaluate on the released CIFAR-10-C / CIFAR-100-C files in DIR instead of generating")
     return p
 
 
-def _unique_labels(records: list[dict], checkpoints: list[Path]) -> list[str]:
-    """The run's tag (or model name), made unique with the run hash and then the checkpoint name."""
-    labels = [r["config"].get("tag") or r["config"]["model"] for r in records]
-    for extra in (lambda i: records[i]["run_id"].rsplit("-", 1)[-1], lambda i: checkpoints[i].stem):
-        twice = {label for label in labels if labels.count(label) > 1}
-        labels = [f"{label}-{extra(i)}" if label in twice else label for i, label in enumerate(labels)]
-    return labels
-
-
-def _train(args, ctx: Context) -> list[Path] | None:
-    """Train (or find) the `--models` runs; returns their checkpoints, or None for a shard-only call."""
+def train_arms(args, ctx) -> list[Path] | None:
+    """Train (or find) models x methods x seeds; their checkpoints, or None for a shard-only call."""
     base = preset(args.preset)
     apply_data_args(args, base.data)
     apply_train_args(args, base.train, base.augment)
     require_model(*args.models)
+    for method in args.methods:
+        require(get_strategy(method).classifies, f"--methods: {method!r} trains no classifier")
     configs = []
     for seed in args.seeds or [0]:
-        for name in args.models:
-            cfg = copy.deepcopy(base)
-            cfg.model, cfg.tag, cfg.seed = name, name if len(args.seeds or [0]) == 1 else f"{name}_s{seed}", seed
-            configs.append(cfg)
+        for model in args.models:
+            for method in args.methods:
+                cfg = copy.deepcopy(base)
+                options = dict(getattr(get_strategy(method), "presets", {}).get(args.preset, {}))
+                cfg.model, cfg.seed, cfg.strategy = model, seed, StrategyConfig(method, options)
+                cfg.tag = "-".join(([model] if len(args.models) > 1 or args.methods == ["ce"] else [])
+                                   + ([method] if args.methods != ["ce"] else []))
+                configs.append(cfg)
     runs = run_grid(configs, args, ctx)
-    if not should_tabulate(args):
-        return None
-    return [Path(args.out) / "runs" / r.config.run_id / "last.pt" for r in runs]
+    return [Path(args.out) / "runs" / r.config.run_id / "last.pt" for r in runs] if should_tabulate(args) else None
+
+
+def finished_runs(folder: str) -> list[Path]:
+    records = [r for r in load_records(folder) if get_strategy(r["config"]["strategy"]["name"]).classifies]
+    found = [Path(folder) / "runs" / r["run_id"] / "last.pt" for r in records]
+    require(any(p.is_file() for p in found), f"--from-results {folder}: no finished classifier run (records/ + runs/<id>/last.pt)")
+    return [p for p in found if p.is_file()]
+
+
+def unique_labels(records: list[dict], checkpoints: list[Path]) -> list[str]:
+    """Tag (or model name) per run; a (label, seed) seen twice gets the run hash, then the checkpoint name."""
+    labels = [r["config"].get("tag") or r["config"]["model"] for r in records]
+    for extra in (lambda i: records[i]["run_id"].rsplit("-", 1)[-1], lambda i: checkpoints[i].stem):
+        keys = [(label, r["config"]["seed"]) for label, r in zip(labels, records)]
+        labels = [f"{label}-{extra(i)}" if keys.count(keys[i]) > 1 else label for i, label in enumerate(labels)]
+    return labels
+
+
+def slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
 
 
 @cli_entry
@@ -237,65 +117,90 @@ def main(argv: list[str] | None = None) -> int:
     bad = [c for c in corruptions if c not in list_input_corruptions()]
     if bad:
         raise UsageError(f"unknown corruption {', '.join(map(repr, bad))}; known: {', '.join(list_input_corruptions())}")
+    for name in corruptions if args.cifar_c else []:  # every release file is checked before anything runs
+        load_released(args.cifar_c, name, limit=1)
     for path in args.checkpoint:
-        if not Path(path).is_file():
-            raise UsageError(f"checkpoint {path} does not exist")
-    if not args.checkpoint and not args.models:
+        require(Path(path).is_file(), f"checkpoint {path} does not exist")
+    checkpoints = [Path(p) for p in args.checkpoint] + [p for d in args.from_results for p in finished_runs(d)]
+    if args.methods and not args.models:
         args.models = list(PRESET_MODELS[args.preset])
-    device = resolve_device(args.device)
-    ctx = context_from_args(args)
-    checkpoints = [Path(p) for p in args.checkpoint]
+    if not checkpoints and not args.models:
+        args.models = list(PRESET_MODELS[args.preset])
+    args.methods = args.methods or ["ce"]
+    device, ctx = resolve_device(args.device), context_from_args(args)
     if args.models:
-        trained = _train(args, ctx)
+        trained = train_arms(args, ctx)
         if trained is None:
             return 0
         checkpoints += trained
-    if not checkpoints:
-        raise UsageError("nothing to evaluate: no finished run")
+    require(bool(checkpoints), "nothing to evaluate: no finished run")
 
-    loaded = [load_run(p, device) for p in checkpoints]
-    labels = _unique_labels([r for r, _ in loaded], checkpoints)
-    if args.baseline is not None and args.baseline not in labels:
-        raise UsageError(f"--baseline {args.baseline!r} is not one of the evaluated models: {', '.join(labels)}")
+    loaded = [load_classifier(p, device) for p in checkpoints]
+    labels = unique_labels([r for r, _ in loaded], checkpoints)
+    baseline = args.baseline or labels[0]
+    require(baseline in labels, f"--baseline {baseline!r} is not one of the evaluated models: {', '.join(dict.fromkeys(labels))}")
     test_size = args.test_size or EVAL_TEST_SIZE[args.preset]
+    autocast = resolve_precision("auto", device, channels_last=False).autocast
     dirs = output_dirs(args)
 
-    results, calib, long_rows, n_test = {}, [], [], set()
-    for (record, model), label in zip(loaded, labels):
-        print(f"evaluating {label} ({record['run_id']})", file=sys.stderr, flush=True)
-        mean, std = record["data"]["mean"], record["data"]["std"]
-        val, test = eval_splits(record, ctx, test_size)
+    # runs that share a test split see the same corrupted images, made once
+    groups: dict[str, list[int]] = {}
+    for i, (record, _) in enumerate(loaded):
+        groups.setdefault(repr((record["config"]["data"], record["config"]["seed"])), []).append(i)
+    scores, calib, n_test = {}, [], set()
+    for members in groups.values():
+        val, test = run_eval_splits(loaded[members[0]][0], ctx, test_size)
         n_test.add(len(test))
-        acc = evaluate_corruptions(model, test, mean, std, device, corruptions, args.corruption_seed)
-        results[label] = acc
-        long_rows += [{"model": label, "corruption": c, "severity": s, "acc": acc[(c, s)]}
-                      for c in corruptions for s in range(1, MAX_SEVERITY + 1)]
-        row, data = calibration_row(label, model, val, test, mean, std, device)
-        calib.append(row)
-        plot_heatmap(label, acc, corruptions, dirs)
-        diagrams = [("", data["logits"], f"{label}: clean test")]
-        if data["scaled"] is not None:
-            diagrams.append(("_ts", data["scaled"], f"{label}: temperature {row['temperature']:.2f}"))
-        for suffix, logits, title in diagrams:
-            path = plot_reliability_diagram(logits, data["labels"], dirs[0] / f"reliability_{slug(label)}{suffix}.png",
-                                            title=title, from_logits=True)
-            for d in dirs[1:]:
-                shutil.copyfile(path, d / path.name)
+        models = {(labels[i], loaded[i][0]["config"]["seed"]): loaded[i][1] for i in members}
+        print(f"evaluating {', '.join(f'{m}/seed {s}' for m, s in models)} on {len(test)} test images", file=sys.stderr)
+        source = (released_corruptions(args.cifar_c, corruptions, device, limit=args.test_size,
+                                       num_classes=len(loaded[members[0]][0]["data"]["classes"])) if args.cifar_c else
+                  generated_corruptions(test.images, test.labels, corruptions, args.corruption_seed, device))
+        clean_logits = {}  # kept for the calibration table and reliability diagrams
 
-    baseline = (args.baseline or labels[0]) if len(labels) > 1 else None
-    rows = [summary_row(label, results[label], corruptions, results[baseline] if baseline else None) for label in labels]
-    columns = ["model", "clean_acc", "mean_corrupted_acc", "mce_unnormalized", "mce_vs_baseline",
-               *[f"acc_{c}" for c in corruptions]]
-    note = (f"{'/'.join(map(str, sorted(n_test)))} test images per model, corruptions at severities 1-{MAX_SEVERITY}, corruption seed "
-            f"{args.corruption_seed}. mce_unnormalized = mean error over corruptions x severities; "
-            + (f"mce_vs_baseline = mean over corruptions of summed error / summed error of {baseline}."
-               if baseline else "mce_vs_baseline needs two or more models."))
-    print(write_table(rows, columns, dirs, title="Corruption robustness", note=note))
-    write_text(dirs[0] / "corruptions_long.csv", csv_table(long_rows, ["model", "corruption", "severity", "acc"]))
-    print(write_table(calib, ["model", "temperature", "test_ece", "test_nll", "test_ece_ts", "test_nll_ts"], dirs,
-                      stem="calibration", title="Calibration (clean test)",
+        def keep_clean(key, corruption, severity, logits, y):
+            if corruption == "clean":
+                clean_logits[key] = (logits, y)
+        scores.update(evaluate_corruptions(models, test.images, test.labels, source, device, autocast=autocast,
+                                           on_logits=keep_clean))
+        for key, spec in models.items():
+            z_val = predict_logits(spec, val.images.to(device).float() / 255, autocast) if val is not None and len(val) else None
+            row = calibration_summary(*clean_logits[key], z_val, val.labels.to(device) if z_val is not None else None)
+            calib.append({"model": key[0], "seed": key[1], **row})
+            reliability(key, row, clean_logits[key], dirs)
+
+    rows = robustness_rows(scores, corruptions, baseline)
+    columns = ["model", "clean_acc", "mean_corruption_acc", "extra_corruption_acc", "mce", "relative_mce", "clean_ece",
+               "mean_corruption_ece", *[f"acc_{c}" for c in corruptions]]
+    source_note = f"the released files in {args.cifar_c}" if args.cifar_c else f"generated, corruption seed {args.corruption_seed}"
+    note = (f"{'/'.join(map(str, sorted(n_test)))} clean test images per run; corruptions at severities 1-5 ({source_note}). "
+            "mean_corruption_acc: the 15 benchmark corruptions evaluated; extra_corruption_acc: speckle noise, Gaussian "
+            "blur, spatter, saturate. " + BASELINE_NOTE.format(baseline=baseline))
+    print(write_table(summarize_over_seeds(rows), columns, dirs, title="Corruption robustness", note=note))
+    write_table(rows, ["seed", *columns], [dirs[0]], stem="runs")
+    write_text(dirs[0] / "corruptions_long.csv",
+               csv_table(long_rows(scores), ["model", "seed", "corruption", "family", "severity", "acc", "ece"]))
+    print(write_table(summarize_over_seeds(calib), ["model", "temperature", "test_ece", "test_nll", "test_ece_ts", "test_nll_ts"],
+                      dirs, stem="calibration", title="Calibration (clean test)",
                       note="_ts: after temperature scaling fitted on the run's validation split (blank without one)."))
+    save_figure(family_figure(scores), "accuracy_by_family", dirs)
+    save_figure(ece_figure(scores), "ece_by_severity", dirs)
+    for (label, seed), s in scores.items():
+        save_figure(heatmap_figure(label, s), f"heatmap_{slug(label)}" + (f"_s{seed}" if seed else ""), dirs)
     return 0
+
+
+def reliability(key, row, logits_labels, dirs) -> None:
+    """Reliability diagrams of the clean test split, raw and after temperature scaling."""
+    (label, seed), (z, y) = key, logits_labels
+    diagrams = [("", z, f"{label}: clean test")]
+    if row["temperature"] is not None:
+        diagrams.append(("_ts", z / row["temperature"], f"{label}: temperature {row['temperature']:.2f}"))
+    for suffix, logits, title in diagrams:
+        path = plot_reliability_diagram(logits, y, dirs[0] / f"reliability_{slug(label)}{f'_s{seed}' if seed else ''}{suffix}.png",
+                                        title=title, from_logits=True)
+        for d in dirs[1:]:
+            shutil.copyfile(path, d / path.name)
 
 
 if __name__ == "__main__":

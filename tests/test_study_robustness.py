@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from robustlab.corruptions.inputs import list_input_corruptions
@@ -39,34 +41,34 @@ def test_checkpoint_evaluation_writes_table_long_csv_and_figures(trained, cifar1
     run_out, record = trained
     ckpt = run_out / "runs" / record["run_id"] / "last.pt"
     out = tmp_path / "rob"
-    assert robustness.main(["--checkpoint", str(ckpt), *common(cifar10_dir, session_cache_dir, out)]) == 0
+    assert robustness.main(["--checkpoint", str(ckpt), "--test-size", "60", *common(cifar10_dir, session_cache_dir, out)]) == 0
     names = list_input_corruptions()
 
     rows = read_csv(out / "table.csv")
     assert len(rows) == 1 and rows[0]["model"] == "tiny"
     r = rows[0]
-    for col in ("clean_acc", "mean_corrupted_acc", *[f"acc_{c}" for c in names]):
+    for col in ("clean_acc", "mean_corruption_acc", "extra_corruption_acc", "clean_ece", "mean_corruption_ece",
+                *[f"acc_{c}" for c in names]):
         assert 0.0 <= float(r[col]) <= 1.0, col
-    assert float(r["mce_unnormalized"]) == pytest.approx(1 - float(r["mean_corrupted_acc"]))
-    assert r["mce_vs_baseline"] == ""  # one model: no baseline
-    # the evaluation runs on the run's own test subset, so the clean accuracy is the record's
-    assert float(r["clean_acc"]) == pytest.approx(record["metrics"]["test_acc"], abs=1e-6)
+    assert float(r["mce"]) == pytest.approx(1.0)  # one model is its own baseline
 
     long = read_csv(out / "corruptions_long.csv")
-    assert len(long) == len(names) * 5
+    assert len(long) == len(names) * 5 == 19 * 5
     assert {(x["corruption"], int(x["severity"])) for x in long} == {(c, s) for c in names for s in range(1, 6)}
     assert all(0.0 <= float(x["acc"]) <= 1.0 for x in long)
     acc = {(x["corruption"], int(x["severity"])): float(x["acc"]) for x in long}
     assert acc[("gaussian_noise", 5)] <= float(r["clean_acc"]) + TOL
     for c in names:  # the table's per-corruption column is the mean over the five severities
         assert float(r[f"acc_{c}"]) == pytest.approx(sum(acc[(c, s)] for s in range(1, 6)) / 5, abs=1e-9)
+    bench = {x["corruption"] for x in long} - {"speckle_noise", "gaussian_blur", "spatter", "saturate"}
+    assert float(r["mean_corruption_acc"]) == pytest.approx(sum(acc[(c, s)] for c in bench for s in range(1, 6)) / 75)
 
     calib = read_csv(out / "calibration.csv")[0]
     assert float(calib["temperature"]) > 0 and 0.0 <= float(calib["test_ece_ts"]) <= 1.0
     assert float(calib["test_nll_ts"]) <= float(calib["test_nll"]) + 0.05  # fitted on 100 validation images
     for d in (out, out / "fig"):
         for name in ("table.md", "table.csv", "calibration.md", "heatmap_tiny.png", "reliability_tiny.png",
-                     "reliability_tiny_ts.png"):
+                     "reliability_tiny_ts.png", "accuracy_by_family.png", "ece_by_severity.png"):
             assert (d / name).stat().st_size > 0, name
 
 
@@ -75,15 +77,17 @@ def test_two_checkpoints_give_an_mce_relative_to_the_first(trained, cifar10_dir,
     run_dir = run_out / "runs" / record["run_id"]
     out = tmp_path / "rob2"
     argv = ["--checkpoint", str(run_dir / "last.pt"), "--checkpoint", str(run_dir / "best.pt"),
-            "--corruptions", "gaussian_noise,contrast", "--test-size", "200", *common(cifar10_dir, session_cache_dir, out)]
+            "--corruptions", "gaussian_noise,contrast", *common(cifar10_dir, session_cache_dir, out)]
     assert robustness.main(argv) == 0
     rows = read_csv(out / "table.csv")
+    # the evaluation runs on the run's own test split, so the clean accuracy is the record's
+    assert float(rows[0]["clean_acc"]) == pytest.approx(record["metrics"]["test_acc"], abs=1e-6)
     assert [r["model"] for r in rows] == [f"tiny-{record['run_id'].rsplit('-', 1)[-1]}-{n}" for n in ("last", "best")]
-    assert float(rows[0]["mce_vs_baseline"]) == pytest.approx(1.0)
+    assert float(rows[0]["mce"]) == pytest.approx(1.0)
     # one epoch: best.pt holds the same weights as last.pt
-    assert float(rows[1]["mce_vs_baseline"]) == pytest.approx(1.0)
+    assert float(rows[1]["mce"]) == pytest.approx(1.0) and float(rows[1]["relative_mce"]) == pytest.approx(1.0)
     assert len(read_csv(out / "corruptions_long.csv")) == 2 * 2 * 5
-    assert "200 test images" in (out / "table.md").read_text()
+    assert "300 clean test images" in (out / "table.md").read_text() and "not the published mCE" in (out / "table.md").read_text()
 
 
 @pytest.mark.parametrize("bad", ["missing", "no_record", "corrupt"])
@@ -101,6 +105,57 @@ def test_bad_checkpoint_exits_2_with_one_line(bad, trained, tmp_path, capsys):
     assert robustness.main(["--checkpoint", str(path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error" in err[0] and "checkpoint" in err[0]
+
+
+def test_methods_train_ce_and_augmix_with_the_same_budget_and_compare_them(cifar10_dir, session_cache_dir, tmp_path):
+    out = tmp_path / "methods"
+    argv = ["--methods", "ce,augmix", "--models", "tiny_cnn", "--train-size", "200", "--val-size", "50", "--epochs", "1",
+            "--batch-size", "50", "--test-size", "100", "--corruptions", "gaussian_noise,contrast,speckle_noise",
+            *common(cifar10_dir, session_cache_dir, out)]
+    assert robustness.main(argv) == 0
+    rows = {r["model"]: r for r in read_csv(out / "table.csv")}
+    assert set(rows) == {"ce", "augmix"}
+    assert float(rows["ce"]["mce"]) == pytest.approx(1.0)  # the first method is the baseline
+    long = read_csv(out / "corruptions_long.csv")
+    err = {m: {c: sum(1 - float(x["acc"]) for x in long if x["model"] == m and x["corruption"] == c)
+               for c in ("gaussian_noise", "contrast")} for m in rows}
+    hand = sum(err["augmix"][c] / err["ce"][c] for c in err["ce"]) / 2  # speckle noise is an extra: not in the mCE
+    assert float(rows["augmix"]["mce"]) == pytest.approx(hand, rel=1e-6)
+    records = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
+    assert sorted(r["config"]["strategy"]["name"] for r in records) == ["augmix", "ce"]
+    assert len({json.dumps([r["config"]["train"], r["config"]["model"], r["config"]["data"]]) for r in records}) == 1
+
+    # another study's results become rows without retraining
+    out2 = tmp_path / "from"
+    assert robustness.main(["--from-results", str(out), "--corruptions", "contrast", "--baseline", "augmix",
+                            *common(cifar10_dir, session_cache_dir, out2)]) == 0
+    rows2 = {r["model"]: r for r in read_csv(out2 / "table.csv")}
+    assert set(rows2) == {"ce", "augmix"} and float(rows2["augmix"]["mce"]) == pytest.approx(1.0)
+    assert float(rows2["ce"]["clean_acc"]) == pytest.approx(float(rows["ce"]["clean_acc"]))
+
+
+def test_released_cifar_c_files_are_evaluated_block_by_block(trained, cifar10_dir, session_cache_dir, tmp_path):
+    run_out, record = trained
+    release = tmp_path / "CIFAR-10-C"
+    release.mkdir()
+    rng = np.random.default_rng(0)
+    np.save(release / "fog.npy", rng.integers(0, 256, (5 * 40, 32, 32, 3), dtype=np.uint8))
+    np.save(release / "labels.npy", rng.integers(0, 10, 5 * 40).astype(np.uint8))
+    out = tmp_path / "rel"
+    ckpt = str(run_out / "runs" / record["run_id"] / "last.pt")
+    argv = ["--checkpoint", ckpt, "--cifar-c", str(release), "--corruptions", "fog", *common(cifar10_dir, session_cache_dir, out)]
+    assert robustness.main(argv) == 0
+    long = read_csv(out / "corruptions_long.csv")
+    assert [int(x["severity"]) for x in long] == [1, 2, 3, 4, 5]
+    assert all(float(x["acc"]) * 40 == pytest.approx(round(float(x["acc"]) * 40)) for x in long)  # 40 images per block
+    assert "released files" in (out / "table.md").read_text()
+    assert robustness.main(["--checkpoint", ckpt, "--cifar-c", str(release), "--corruptions", "fog,snow",
+                            *common(cifar10_dir, session_cache_dir, tmp_path / "x")]) == 2
+
+
+def test_missing_release_file_exits_2_naming_it(tmp_path, capsys):
+    assert robustness.main(["--cifar-c", str(tmp_path), "--corruptions", "fog", "--out", str(tmp_path / "o")]) == 2
+    assert "fog.npy" in capsys.readouterr().err
 
 
 def test_unknown_corruption_exits_2(tmp_path, capsys):
