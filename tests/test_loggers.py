@@ -193,3 +193,19 @@ def test_final_figures_draw_the_confusion_counts_and_reliability_bins():
     finally:
         for figure in figures.values():
             plt.close(figure)
+
+
+def test_tensorboard_logdir_of_a_study_shows_every_arm(tiny_cifar10, tmp_path):
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+
+    arms = [tiny_config(epochs=2), tiny_config(epochs=2)]
+    arms[0].tag, arms[1].tag, arms[1].data.noise_rate = "noisy_ce", "clean_ce", 0.0
+    records = [run_experiment(cfg, tmp_path / "study", context(tiny_cifar10, tmp_path)) for cfg in arms]
+
+    mux = EventMultiplexer().AddRunsFromDirectory(str(tmp_path / "study"))  # what `tensorboard --logdir` loads
+    mux.Reload()
+    assert set(mux.Runs()) == {f"runs/{r['run_id']}" for r in records}
+    for record in records:
+        logged = mux.Tensors(f"runs/{record['run_id']}", "val_acc")
+        assert [e.step for e in logged] == [1, 2]
+        assert [float(e.tensor_proto.float_val[0]) for e in logged] == [f32(r["val_acc"]) for r in record["history"]]
