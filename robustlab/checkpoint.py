@@ -17,11 +17,13 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """A checkpoint written by `save_checkpoint`, read with `weights_only=True`: tensors and plain
+    Python containers only, so a crafted file cannot run code while it is loaded."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
         raise UsageError(f"checkpoint {path} is unreadable or corrupt ({type(exc).__name__})") from None
     if not isinstance(state, dict) or "strategy" not in state:
