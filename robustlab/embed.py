@@ -74,6 +74,81 @@ def probe_rows(split: str, n_train: int, n_split: int, max_train: int, seed: int
     return order[:size].sort().values, order[size:].sort().values
 
 
+@dataclass
+class RunEmbedding:
+    """A run's features of one split, their scores and a 2-D map of (a subsample of) them."""
+    run: object                  # robustlab.runs.RunNetwork
+    split: object                # the scored DataSplit (classes, coarse_classes)
+    features: SplitFeatures      # the scored points
+    bank_size: int               # training features in the kNN memory / probe fit
+    scores: dict                 # knn_acc, linear_probe_acc, silhouette, alignment, uniformity
+    points: np.ndarray           # (P, 2) projection of the points in `shown`
+    shown: np.ndarray            # indices into `features` of the projected points
+
+
+def embed_run(checkpoint: str | Path, ctx: Context, split: str = "test", max_train: int = 5000,
+              max_points: int = 2000, method: str = "tsne", seed: int = 0, record: str | Path | None = None,
+              dataset: str | None = None) -> RunEmbedding:
+    """Features of a run's `split` from its checkpoint, on exactly the data split the run trained on
+    (true labels), scored against up to `max_train` training features it never scores (`probe_rows`)."""
+    from robustlab.embeddings import embedding_report, project_2d, sample_indices
+
+    run = load_run_network(checkpoint, record)
+    cfg = run.config
+    if dataset:
+        cfg.data.dataset = dataset
+    cfg.data.noise_rate = 0.0  # scores and colours use the true labels
+    device = resolve_device(ctx.device)
+    splits = prepare_data(cfg.data, cfg.seed, ctx).splits
+    chosen = {"test": splits.test, "train": splits.train, "val": splits.val}[split]
+    if chosen is None:
+        raise UsageError(f"the run has no {split} split (its val_size is 0)")
+    stats = run.record.get("data") or {}
+    mean, std = stats.get("mean") or splits.mean, stats.get("std") or splits.std  # the run's own normalization
+    bank_rows, scored_rows = probe_rows(split, len(splits.train), len(chosen), max_train, seed)
+    bank = split_features(run.network, splits.train.images[bank_rows], splits.train.labels[bank_rows], mean, std,
+                          device, seed=seed)
+    feats = split_features(run.network, chosen.images[scored_rows], chosen.labels[scored_rows], mean, std, device,
+                           coarse=None if chosen.coarse_labels is None else chosen.coarse_labels[scored_rows],
+                           seed=seed)
+    scores = embedding_report(bank.features, bank.labels, feats.features, feats.labels, seed=seed)
+    points = project_2d(feats.features, method, seed=seed, max_points=max_points)
+    return RunEmbedding(run, chosen, feats, len(bank.labels), scores, points,
+                        np.asarray(sample_indices(len(feats.labels), max_points, seed)))
+
+
+def cached_run_embedding(results_dir: str | Path, run_id: str, ctx: Context, max_train: int, max_points: int) -> dict:
+    """`embed_run` of `<results>/runs/<run_id>/last.pt` (test split, t-SNE, the run's seed) as JSON
+    {run_id, scores, bank_size, tsne: {points, labels}}, cached in `<results>/embeddings/<run_id>.json`."""
+    from robustlab.fileio import read_json
+
+    results_dir = Path(results_dir)
+    cache = results_dir / "embeddings" / f"{run_id}.json"
+    if cache.exists():
+        return read_json(cache)
+    seed = read_json(results_dir / "records" / f"{run_id}.json")["config"]["seed"]
+    emb = embed_run(results_dir / "runs" / run_id / "last.pt", ctx, "test", max_train, max_points, seed=seed)
+    result = {"run_id": run_id, "scores": emb.scores, "bank_size": emb.bank_size,
+              "tsne": {"points": emb.points.round(4).tolist(), "labels": emb.features.labels[emb.shown].tolist()}}
+    write_json(cache, result)
+    return result
+
+
+def plot_test_embeddings(panels: dict, splits, paths: list[Path], dataset: str) -> dict:
+    """Side-by-side 2-D maps {name: (points, labels)} of test features, coloured by superclass where
+    the dataset has them (CIFAR-100); returns what the figure shows."""
+    from robustlab.embeddings import plot_embeddings_side_by_side
+
+    lookup = superclass_lookup(splits.test.labels, splits.test.coarse_labels, splits.num_classes)
+    coloured = "superclass" if lookup is not None and splits.num_classes > 20 else "class"
+    for path in paths:
+        shown = plot_embeddings_side_by_side(panels, path, class_names=splits.classes, class_to_hue=lookup,
+                                             title=f"t-SNE of {dataset} test features (colour: {coloured})",
+                                             hue_names=splits.test.coarse_classes)
+    return {"colour": coloured, "num_colour_groups": shown.num_colour_groups,
+            "panels": [[name, len(points)] for name, (points, _) in panels.items()]}
+
+
 def superclass_lookup(labels: torch.Tensor, coarse: torch.Tensor | None, num_classes: int):
     """(num_classes,) class -> superclass array from per-sample labels, or None without superclasses."""
     if coarse is None:
@@ -110,41 +185,23 @@ def build_parser() -> Parser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    run = load_run_network(args.checkpoint, args.record)
-    cfg = run.config
-    if args.dataset:
-        cfg.data.dataset = args.dataset
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         raise UsageError(f"data directory {args.data_dir} does not exist")
-    cfg.data.noise_rate = 0.0  # scores and colours use the true labels
     ctx = Context(data_dir=args.data_dir, cache_dir=args.cache_dir, device=args.device)
-    device = resolve_device(args.device)
-    splits = prepare_data(cfg.data, cfg.seed, ctx).splits
-    chosen = {"test": splits.test, "train": splits.train, "val": splits.val}[args.split]
-    if chosen is None:
-        raise UsageError(f"the run has no {args.split} split (its val_size is 0)")
-    stats = run.record.get("data") or {}
-    mean, std = stats.get("mean") or splits.mean, stats.get("std") or splits.std  # the run's own normalization
+    emb = embed_run(args.checkpoint, ctx, args.split, args.max_train, args.max_points, args.method, args.seed,
+                    args.record, args.dataset)
 
-    from robustlab.embeddings import embedding_report, plot_embedding, project_2d, sample_indices
+    from robustlab.embeddings import plot_embedding
 
-    bank_rows, scored_rows = probe_rows(args.split, len(splits.train), len(chosen), args.max_train, args.seed)
-    bank = split_features(run.network, splits.train.images[bank_rows], splits.train.labels[bank_rows], mean, std,
-                          device, seed=args.seed)
-    feats = split_features(run.network, chosen.images[scored_rows], chosen.labels[scored_rows], mean, std, device,
-                           coarse=None if chosen.coarse_labels is None else chosen.coarse_labels[scored_rows],
-                           seed=args.seed)
-    report = embedding_report(bank.features, bank.labels, feats.features, feats.labels, seed=args.seed)
+    run, cfg, feats, keep, report = emb.run, emb.run.config, emb.features, emb.shown, emb.scores
     out = Path(args.out)
-    points = project_2d(feats.features, args.method, seed=args.seed, max_points=args.max_points)
-    keep = sample_indices(len(feats.labels), args.max_points, args.seed)
     plotted = plot_embedding(
-        points, feats.labels[keep], out / f"embedding_{args.split}_{args.method}.png", class_names=chosen.classes,
-        title=f"{run.record['run_id']} ({cfg.data.dataset} {args.split}, {args.method})",
-        hue_labels=None if feats.coarse is None else feats.coarse[keep], hue_names=chosen.coarse_classes)
+        emb.points, feats.labels[keep], out / f"embedding_{args.split}_{args.method}.png",
+        class_names=emb.split.classes, title=f"{run.record['run_id']} ({cfg.data.dataset} {args.split}, {args.method})",
+        hue_labels=None if feats.coarse is None else feats.coarse[keep], hue_names=emb.split.coarse_classes)
     summary = {"run_id": run.record["run_id"], "checkpoint": str(run.checkpoint), "model": cfg.model,
                "dataset": cfg.data.dataset, "split": args.split, "num_points": len(feats.labels),
-               "feature_dim": int(feats.features.shape[1]), "memory_bank": {"split": "train", "size": len(bank.labels)},
+               "feature_dim": int(feats.features.shape[1]), "memory_bank": {"split": "train", "size": emb.bank_size},
                "method": args.method, "plotted_points": plotted.num_points, **report}
     write_json(out / f"embedding_{args.split}.json", summary)
     print(" ".join(f"{k}={v:.4f}" for k, v in report.items()))

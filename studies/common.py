@@ -246,6 +246,26 @@ def plot_curves(rows: list[dict], y: str, path_stem: str, dirs: Iterable[str | P
     return save_figure(fig, path_stem, dirs)
 
 
+def plot_panels(panels: list[tuple[list[dict], str, str, str]], stem: str, dirs: Iterable[str | Path],
+                hue: str = "arm") -> list[Path]:
+    """Side-by-side line plots per epoch, one panel per (rows, y, title, ylabel), mean over seeds with a band."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, (rows, y, title, ylabel) in zip(axes[0], panels):
+        frame = pd.DataFrame([r for r in rows if r.get(y) is not None])
+        if not frame.empty:
+            sns.lineplot(data=frame, x="epoch", y=y, hue=hue, marker="o", markersize=3, errorbar="sd", ax=ax)
+        ax.set(title=title, ylabel=ylabel, xlabel="epoch")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, stem, dirs)
+
+
 def save_figure(fig, stem: str, dirs: Iterable[str | Path]) -> list[Path]:
     import matplotlib.pyplot as plt
 
