@@ -258,13 +258,14 @@ def context_from_args(args, resume: bool = False) -> Context:
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         raise UsageError(f"data directory {args.data_dir} does not exist")
     out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        # A uniquely named probe: several processes (ranks, shards) may check the same folder at once.
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise UsageError(f"output directory {out} is not writable ({exc.strerror or exc})") from None
+    if not getattr(args, "print_config", False):  # --print-config runs nothing: no folder to create
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            # A uniquely named probe: several processes (ranks, shards) may check the same folder at once.
+            with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"output directory {out} is not writable ({exc.strerror or exc})") from None
     if args.deterministic:
         enable_determinism()
     return Context(data_dir=args.data_dir, cache_dir=args.cache_dir, device=args.device, quiet=args.quiet, resume=resume,

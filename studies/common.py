@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import math
 import sys
 from dataclasses import dataclass, replace
@@ -40,6 +41,9 @@ def study_parser(name: str, description: str, dataset: str = "cifar10", smoothin
     g.add_argument("--collect", action="store_true", help="run nothing; build tables and figures from existing records")
     g.add_argument("--resume", action="store_true", help="continue unfinished runs from their last checkpoint")
     g.add_argument("--figures-dir", default=f"figures/{name}", help=f"where figures are copied (default figures/{name})")
+    g.add_argument("--print-config", action="store_true",
+                   help="print every run's run id and config, one JSON object a line (prerequisites first; a line "
+                        "saved to a file works with robustlab.train --from-record), and exit without running")
     add_launcher_args(p)
     add_data_args(p, dataset)
     add_train_args(p, smoothing=smoothing)
@@ -99,6 +103,9 @@ def run_grid(configs: list[ExperimentConfig], args, ctx: Context,
     ids = [c.run_id for c in configs]
     if len(set(ids)) != len(ids):
         raise UsageError("the study grid contains duplicate runs")
+    if getattr(args, "print_config", False):
+        print_configs(configs, args)
+        raise SystemExit(0)
     check_launcher_args(args)
     if not args.collect:
         distributed.init_from_env(args.device)
@@ -118,6 +125,14 @@ def run_grid(configs: list[ExperimentConfig], args, ctx: Context,
         print(f"{len(missing)} of {len(configs)} runs have no record yet: "
               f"{', '.join(c.run_id for c in missing[:5])}{' ...' if len(missing) > 5 else ''}", file=sys.stderr)
     return done
+
+
+def print_configs(configs: list[ExperimentConfig], args) -> None:
+    """One line per run: the `robustlab.train --print-config` object of that run."""
+    for cfg in configs:
+        print(json.dumps({"run_id": cfg.run_id, "config": cfg.key(),
+                          "environment": {"deterministic": bool(getattr(args, "deterministic", False))}},
+                         sort_keys=True))
 
 
 def should_tabulate(args) -> bool:

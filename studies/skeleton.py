@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from robustlab.experiment import Context, ExperimentConfig
-from studies.common import Run, aggregate, output_dirs, run_grid, should_tabulate, write_table
+from studies.common import Run, aggregate, output_dirs, print_configs, run_grid, should_tabulate, write_table
 
 
 @dataclass
@@ -53,6 +53,9 @@ class Study:
 
 def run_study(study: Study, args, ctx: Context) -> int:
     """Run the study's share of runs, then (unsharded, rank 0) write its tables and figures."""
+    if getattr(args, "print_config", False):
+        print_configs([*study.prerequisites, *study.arms], args)
+        return 0
     before = run_grid(study.prerequisites, args, ctx) if study.prerequisites else []
     if getattr(args, "no_wait", False) and len(before) < len(study.prerequisites):
         print("the arms start once these prerequisite jobs have finished: run the same command again then",

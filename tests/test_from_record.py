@@ -110,3 +110,38 @@ def test_help_groups_options_and_shows_defaults(capsys):
 
     from studies.common import study_parser
     assert re.search(r"--preset \{[a-z,]+\}\s+quick: .*\(default:\s+quick\)", study_parser("x", "d").format_help(), re.S)
+
+
+def test_study_print_config_lists_every_run_without_running(tmp_path, capsys):
+    from studies import noisy_labels
+
+    out = tmp_path / "out"
+    assert noisy_labels.main(["--print-config", "--seeds", "0,1", "--methods", "ce,coteach", "--data-dir",
+                              str(tmp_path), "--out", str(out)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len({line["run_id"] for line in lines}) == len(lines) == 6  # clean_ce, noisy_ce, noisy_coteach x 2 seeds
+    assert all(config_from_record(line).run_id == line["run_id"] for line in lines)
+    assert sorted(line["config"]["seed"] for line in lines) == [0, 0, 0, 1, 1, 1]
+    assert not out.exists()
+
+    saved = tmp_path / "arm.json"  # one line is a valid --from-record input
+    saved.write_text(json.dumps(lines[-1]))
+    assert main(["--from-record", str(saved), "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["run_id"] == lines[-1]["run_id"]
+
+
+def test_run_grid_print_config_exits_before_running(capsys):
+    import argparse
+
+    from robustlab.experiment import Context
+    from studies.common import run_grid
+
+    configs = [ExperimentConfig(model="tiny_cnn", seed=s) for s in (0, 1)]
+    args = argparse.Namespace(print_config=True, deterministic=True, collect=False, shard=None, out="unused",
+                              device="cpu")
+    with pytest.raises(SystemExit) as stop:
+        run_grid(configs, args, Context())
+    assert stop.value.code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["run_id"] for line in lines] == [c.run_id for c in configs]
+    assert all(line["environment"] == {"deterministic": True} for line in lines)
