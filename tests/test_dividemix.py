@@ -273,6 +273,8 @@ def test_options_resolve_to_the_official_values_and_bad_ones_are_usage_errors():
     st100 = create_strategy("dividemix", context=ctx(100, 0.2), noise_mode="asym")
     assert st100.warmup_epochs == 30 and st100.lambda_u == 25.0 and st100.penalty
     assert set(DivideMix.presets) == {"quick", "paper"}
+    assert create_strategy("dividemix", context=ctx(10, 0.8), **DivideMix.presets["paper"]).options()["warmup_epochs"] == 10
+    assert create_strategy("dividemix", context=ctx(10, 0.5), **DivideMix.presets["quick"]).warmup_epochs == 5
     for bad, message in (({"p_threshold": 1.0}, "p_threshold"), ({"noise_mode": "x"}, "noise_mode"),
                          ({"temperature": 0}, "temperature"), ({"lambda_u": -1}, "lambda_u")):
         with pytest.raises(UsageError, match=message):

@@ -84,7 +84,8 @@ def test_official_defaults_follow_the_class_count_and_options_override():
     assert st10.options() == {"beta": 0.7, "lam": 3.0}
     custom = create_strategy("elr", context=ctx(10), beta=0.5, lam=1)
     assert (custom.beta, custom.lam) == (0.5, 1.0)
-    assert ELR.presets["paper"] == {"beta": 0.7, "lam": 3.0} and set(ELR.presets) == {"quick", "paper"}
+    assert set(ELR.presets) == {"quick", "paper"}
+    assert create_strategy("elr", context=ctx(100), **ELR.presets["paper"]).options() == {"beta": 0.9, "lam": 7.0}
     with pytest.raises(UsageError, match="beta must be in"):
         make_config("elr", {"beta": 1.0})
     with pytest.raises(UsageError, match="lam must be >= 0"):
@@ -123,17 +124,23 @@ def test_memory_survives_checkpoint_and_resume(tmp_path):
     cfg = TrainConfig(epochs=3, batch_size=32, tta="none",
                       optim=OptimConfig(optimizer="adam", lr=1e-2, weight_decay=0.0, schedule="constant"))
 
+    test_images, test_labels = _toy(40, seed=1)
+    test = DeviceLoader(test_images, test_labels, 40, norm, shuffle=False)
+
     full = _elr(0)
-    fit(full, DeviceLoader(images, labels, 32, norm, seed=0), cfg, run_dir=tmp_path / "full", quiet=True, num_classes=4)
+    result = fit(full, DeviceLoader(images, labels, 32, norm, seed=0), cfg, test_loader=test, run_dir=tmp_path / "full",
+                 quiet=True, num_classes=4)
+    assert result.metrics["test_acc"] > 0.6  # it learns (chance is 0.25)
     # Every sample was seen once per epoch: its memory sums to 1 - 0.7^3 after three updates from 0.
     assert torch.allclose(full.target.sum(1), torch.full((96,), 1 - 0.7 ** 3))
 
     part = _elr(0)
     with pytest.raises(KeyboardInterrupt):
-        fit(part, InterruptAt(images, labels, 32, norm, seed=0), cfg, run_dir=tmp_path / "part", quiet=True, num_classes=4)
+        fit(part, InterruptAt(images, labels, 32, norm, seed=0), cfg, test_loader=test, run_dir=tmp_path / "part",
+            quiet=True, num_classes=4)
     resumed = _elr(1)  # a fresh memory of zeros and other weights: the checkpoint must replace both
     torch.manual_seed(123)
-    fit(resumed, DeviceLoader(images, labels, 32, norm, seed=0), cfg, run_dir=tmp_path / "part",
+    fit(resumed, DeviceLoader(images, labels, 32, norm, seed=0), cfg, test_loader=test, run_dir=tmp_path / "part",
         resume=tmp_path / "part" / "last.pt", quiet=True, num_classes=4)
 
     assert torch.equal(resumed.target, full.target)
