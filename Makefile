@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench mutation clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -22,8 +22,17 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q --durations=15 $(ARGS)
 
+# Mutation testing of the mechanism modules ([tool.mutmut] in pyproject.toml); CPU-heavy, not part of `make test`.
+# Restrict with MUTANTS, e.g. make mutation MUTANTS='robustlab.strategies.coteaching.*'
+MUTANTS ?=
+MUTATION_JOBS ?= 2
+mutation: setup
+	$(PY) -c "import mutmut" 2>/dev/null || $(PY) -m pip install -q -e '.[mutation]'
+	$(VENV)/bin/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS)
+	$(PY) tools/mutation_report.py
+
 bench: setup
 	$(PY) -m robustlab.bench $(ARGS)
 
 clean:
-	rm -rf $(VENV) results .pytest_cache
+	rm -rf $(VENV) results .pytest_cache mutants

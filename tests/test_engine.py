@@ -137,6 +137,79 @@ def test_resume_from_a_garbage_checkpoint_is_a_usage_error(tmp_path):
         fit(new_strategy(0), train, sgd(1), test_loader=test, resume=tmp_path / "none.pt", quiet=True, num_classes=10)
 
 
+def _interrupted_then_resumed(tmp_path, make, cfg, n_train=192, val=True):
+    """(uninterrupted strategy and result, resumed strategy and result): stopped when epoch 2 begins."""
+    torch.manual_seed(0)
+    full = make(0)
+    ref = _fit(full, loaders(n_train=n_train, val=val), cfg, run_dir=tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        _fit(make(0), loaders(n_train=n_train, loader_cls=InterruptAt, val=val), cfg, run_dir=tmp_path / "part")
+    torch.manual_seed(999)
+    resumed = make(1)
+    out = _fit(resumed, loaders(n_train=n_train, val=val), cfg, run_dir=tmp_path / "part",
+               resume=tmp_path / "part" / "last.pt")
+    return full, ref, resumed, out
+
+
+def _fit(strategy, train_val_test, cfg, **kwargs):
+    train, val, test = train_val_test
+    return fit(strategy, train, cfg, val, test, quiet=True, num_classes=10, **kwargs)
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+def test_resume_of_a_two_network_strategy_restores_both_networks_and_its_schedule(tmp_path):
+    from robustlab.strategies.coteaching import CoTeaching
+
+    def make(seed):
+        torch.manual_seed(seed)
+        return CoTeaching(create_model("tiny_cnn"), create_model("tiny_cnn"), forget_rate=0.3, num_gradual=2)
+
+    full, ref, resumed, out = _interrupted_then_resumed(tmp_path, make, sgd(epochs=3))
+    _same_weights(full, resumed)
+    assert [without(r) for r in out.history] == [without(r) for r in ref.history]
+    assert [r["remember_rate"] for r in out.history] == pytest.approx([1.0, 0.85, 0.7])
+    assert without(out.metrics) == without(ref.metrics)  # net2 and ensemble metrics included
+    assert "test_net2_acc" in out.metrics
+    assert not all(torch.equal(a, b) for a, b in zip(full.model.parameters(), full.peer.parameters()))
+
+
+def test_resume_keeps_the_plateau_schedules_patience_and_reductions(tmp_path):
+    optim = OptimConfig(optimizer="sgd", lr=0.5, schedule="plateau", plateau_patience=0, gamma=0.5)
+    cfg = TrainConfig(epochs=5, batch_size=32, optim=optim, tta="none")
+    full, ref, resumed, out = _interrupted_then_resumed(tmp_path, new_strategy, cfg)
+    _same_weights(full, resumed)
+    assert [r["lr"] for r in out.history] == [r["lr"] for r in ref.history]
+    assert len(set(r["lr"] for r in ref.history)) > 1  # the LR really dropped during the run
+
+
+def test_a_run_that_stopped_early_stays_stopped_on_resume(tmp_path):
+    torch.manual_seed(0)
+    cfg = sgd(epochs=6, early_stop_patience=1)
+    # lr 0: validation accuracy never improves after epoch 1, so the run stops after epoch 2
+    cfg.optim.lr, cfg.optim.schedule = 1e-12, "constant"
+    first = _fit(new_strategy(0), loaders(n_train=64), cfg, run_dir=tmp_path)
+    assert first.stopped_early and len(first.history) == 2
+    again = _fit(new_strategy(1), loaders(n_train=64), cfg, run_dir=tmp_path, resume=tmp_path / "last.pt")
+    assert again.stopped_early and [without(r) for r in again.history] == [without(r) for r in first.history]
+
+
+def test_resume_with_a_changed_training_config_is_refused(tmp_path):
+    train, val, test = loaders(n_train=64, val=False)
+    fit(new_strategy(0), train, sgd(1), test_loader=test, run_dir=tmp_path, quiet=True, num_classes=10)
+    with pytest.raises(UsageError) as info:
+        fit(new_strategy(0), train, sgd(2), test_loader=test, resume=tmp_path / "last.pt", quiet=True, num_classes=10)
+    assert str(info.value) == f"{tmp_path / 'last.pt'} was written with a different training config"
+    with pytest.raises(UsageError) as info:
+        fit(new_strategy(0), train, sgd(1), test_loader=test, resume=tmp_path / "best.pt", quiet=True, num_classes=10)
+    assert str(info.value) == f"{tmp_path / 'best.pt'} is not a resumable checkpoint (use the run's last.pt)"
+
+
 # ---- divergence -------------------------------------------------------------------------------
 
 class BadLossAt(CrossEntropy):
