@@ -322,6 +322,66 @@ def run_eval_splits(record: dict, ctx, test_size: int | None = None):
     return splits.val, splits.test
 
 
+def finished_checkpoints(results_dir: str | Path) -> list[Path]:
+    """last.pt of every run with a record in a study's results folder whose strategy trains a classifier."""
+    from robustlab.records import load_records
+    from robustlab.strategies import get_strategy
+
+    records = [r for r in load_records(results_dir) if get_strategy(r["config"]["strategy"]["name"]).classifies]
+    found = [p for p in (Path(results_dir) / "runs" / r["run_id"] / "last.pt" for r in records) if p.is_file()]
+    require(bool(found), f"{results_dir}: no finished classifier run (records/<run_id>.json with runs/<run_id>/last.pt)")
+    return found
+
+
+def run_labels(records: list[dict], checkpoints: list[Path]) -> list[str]:
+    """Tag (or model name) per run; a (label, seed) seen twice gets the run hash, then the checkpoint name."""
+    labels = [r["config"].get("tag") or r["config"]["model"] for r in records]
+    for extra in (lambda i: records[i]["run_id"].rsplit("-", 1)[-1], lambda i: Path(checkpoints[i]).stem):
+        keys = [(label, r["config"]["seed"]) for label, r in zip(labels, records)]
+        labels = [f"{label}-{extra(i)}" if keys.count(keys[i]) > 1 else label for i, label in enumerate(labels)]
+    return labels
+
+
+@dataclass
+class RunEvaluation:
+    scores: dict[tuple[str, int], CorruptionScores]              # (label, seed) -> scores
+    calibration: list[dict]                                       # model, seed + calibration_summary
+    clean_logits: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]]  # clean test logits and labels
+    test_sizes: set[int]
+
+
+def evaluate_runs(loaded: list[tuple[dict, ModelSpec]], labels: list[str], ctx, corruptions: Sequence[str], device="cpu",
+                  test_size: int | None = None, corruption_seed: int = 0, released: str | Path | None = None,
+                  autocast=None) -> RunEvaluation:
+    """Score runs (record, classifier) on their own test splits, clean and under `corruptions`
+    (generated, or the release files in `released`), plus clean calibration with temperature
+    scaling on their validation splits. Runs that share a test split see the same corrupted images."""
+    groups: dict[str, list[int]] = {}
+    for i, (record, _) in enumerate(loaded):
+        groups.setdefault(repr((record["config"]["data"], record["config"]["seed"])), []).append(i)
+    out = RunEvaluation({}, [], {}, set())
+    for members in groups.values():
+        record = loaded[members[0]][0]
+        val, test = run_eval_splits(record, ctx, test_size)
+        out.test_sizes.add(len(test))
+        models = {(labels[i], loaded[i][0]["config"]["seed"]): loaded[i][1] for i in members}
+        source = (released_corruptions(released, corruptions, device, limit=test_size, num_classes=len(record["data"]["classes"]))
+                  if released else generated_corruptions(test.images, test.labels, corruptions, corruption_seed, device))
+
+        def keep_clean(key, corruption, severity, logits, y):
+            if corruption == "clean":
+                out.clean_logits[key] = (logits, y)
+        out.scores.update(evaluate_corruptions(models, test.images, test.labels, source, device, autocast=autocast,
+                                               on_logits=keep_clean))
+        for key, spec in models.items():
+            has_val = val is not None and len(val) > 0
+            z_val = (torch.cat([predict_logits(spec, x, autocast) for x, _ in _uint8_batches(val.images, val.labels, device, EVAL_BATCH)])
+                     if has_val else None)
+            row = calibration_summary(*out.clean_logits[key], z_val, val.labels.to(device) if has_val else None)
+            out.calibration.append({"model": key[0], "seed": key[1], **row})
+    return out
+
+
 # ---- figures ----------------------------------------------------------------------------------
 
 def long_rows(scores: dict[tuple[str, int], CorruptionScores]) -> list[dict]:

@@ -32,10 +32,8 @@ from robustlab.experiment import ExperimentConfig, StrategyConfig, resolve_devic
 from robustlab.fileio import write_text
 from robustlab.models import require_model
 from robustlab.precision import resolve_precision
-from robustlab.records import load_records
-from robustlab.robustness import (BASELINE_NOTE, ModelSpec, calibration_summary, ece_figure, evaluate_corruptions,
-                                  family_figure, generated_corruptions, heatmap_figure, load_classifier, load_released,
-                                  long_rows, predict_logits, released_corruptions, robustness_rows, run_eval_splits,
+from robustlab.robustness import (BASELINE_NOTE, ece_figure, evaluate_runs, family_figure, finished_checkpoints,
+                                  heatmap_figure, load_classifier, load_released, long_rows, robustness_rows, run_labels,
                                   summarize_over_seeds)
 from robustlab.strategies import get_strategy
 from studies.common import csv_table, output_dirs, run_grid, save_figure, sgd_recipe, should_tabulate, study_parser, write_table
@@ -90,22 +88,6 @@ def train_arms(args, ctx) -> list[Path] | None:
     return [Path(args.out) / "runs" / r.config.run_id / "last.pt" for r in runs] if should_tabulate(args) else None
 
 
-def finished_runs(folder: str) -> list[Path]:
-    records = [r for r in load_records(folder) if get_strategy(r["config"]["strategy"]["name"]).classifies]
-    found = [Path(folder) / "runs" / r["run_id"] / "last.pt" for r in records]
-    require(any(p.is_file() for p in found), f"--from-results {folder}: no finished classifier run (records/ + runs/<id>/last.pt)")
-    return [p for p in found if p.is_file()]
-
-
-def unique_labels(records: list[dict], checkpoints: list[Path]) -> list[str]:
-    """Tag (or model name) per run; a (label, seed) seen twice gets the run hash, then the checkpoint name."""
-    labels = [r["config"].get("tag") or r["config"]["model"] for r in records]
-    for extra in (lambda i: records[i]["run_id"].rsplit("-", 1)[-1], lambda i: checkpoints[i].stem):
-        keys = [(label, r["config"]["seed"]) for label, r in zip(labels, records)]
-        labels = [f"{label}-{extra(i)}" if keys.count(keys[i]) > 1 else label for i, label in enumerate(labels)]
-    return labels
-
-
 def slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
 
@@ -121,10 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         load_released(args.cifar_c, name, limit=1)
     for path in args.checkpoint:
         require(Path(path).is_file(), f"checkpoint {path} does not exist")
-    checkpoints = [Path(p) for p in args.checkpoint] + [p for d in args.from_results for p in finished_runs(d)]
-    if args.methods and not args.models:
-        args.models = list(PRESET_MODELS[args.preset])
-    if not checkpoints and not args.models:
+    checkpoints = [Path(p) for p in args.checkpoint] + [p for d in args.from_results for p in finished_checkpoints(d)]
+    if not args.models and (args.methods or not checkpoints):
         args.models = list(PRESET_MODELS[args.preset])
     args.methods = args.methods or ["ce"]
     device, ctx = resolve_device(args.device), context_from_args(args)
@@ -136,38 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     require(bool(checkpoints), "nothing to evaluate: no finished run")
 
     loaded = [load_classifier(p, device) for p in checkpoints]
-    labels = unique_labels([r for r, _ in loaded], checkpoints)
+    labels = run_labels([r for r, _ in loaded], checkpoints)
     baseline = args.baseline or labels[0]
     require(baseline in labels, f"--baseline {baseline!r} is not one of the evaluated models: {', '.join(dict.fromkeys(labels))}")
-    test_size = args.test_size or EVAL_TEST_SIZE[args.preset]
-    autocast = resolve_precision("auto", device, channels_last=False).autocast
     dirs = output_dirs(args)
-
-    # runs that share a test split see the same corrupted images, made once
-    groups: dict[str, list[int]] = {}
-    for i, (record, _) in enumerate(loaded):
-        groups.setdefault(repr((record["config"]["data"], record["config"]["seed"])), []).append(i)
-    scores, calib, n_test = {}, [], set()
-    for members in groups.values():
-        val, test = run_eval_splits(loaded[members[0]][0], ctx, test_size)
-        n_test.add(len(test))
-        models = {(labels[i], loaded[i][0]["config"]["seed"]): loaded[i][1] for i in members}
-        print(f"evaluating {', '.join(f'{m}/seed {s}' for m, s in models)} on {len(test)} test images", file=sys.stderr)
-        source = (released_corruptions(args.cifar_c, corruptions, device, limit=args.test_size,
-                                       num_classes=len(loaded[members[0]][0]["data"]["classes"])) if args.cifar_c else
-                  generated_corruptions(test.images, test.labels, corruptions, args.corruption_seed, device))
-        clean_logits = {}  # kept for the calibration table and reliability diagrams
-
-        def keep_clean(key, corruption, severity, logits, y):
-            if corruption == "clean":
-                clean_logits[key] = (logits, y)
-        scores.update(evaluate_corruptions(models, test.images, test.labels, source, device, autocast=autocast,
-                                           on_logits=keep_clean))
-        for key, spec in models.items():
-            z_val = predict_logits(spec, val.images.to(device).float() / 255, autocast) if val is not None and len(val) else None
-            row = calibration_summary(*clean_logits[key], z_val, val.labels.to(device) if z_val is not None else None)
-            calib.append({"model": key[0], "seed": key[1], **row})
-            reliability(key, row, clean_logits[key], dirs)
+    result = evaluate_runs(loaded, labels, ctx, corruptions, device, args.test_size or EVAL_TEST_SIZE[args.preset],
+                           args.corruption_seed, args.cifar_c, resolve_precision("auto", device, channels_last=False).autocast)
+    scores, n_test = result.scores, result.test_sizes
+    for row in result.calibration:
+        reliability((row["model"], row["seed"]), row, result.clean_logits[(row["model"], row["seed"])], dirs)
 
     rows = robustness_rows(scores, corruptions, baseline)
     columns = ["model", "clean_acc", "mean_corruption_acc", "extra_corruption_acc", "mce", "relative_mce", "clean_ece",
@@ -180,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     write_table(rows, ["seed", *columns], [dirs[0]], stem="runs")
     write_text(dirs[0] / "corruptions_long.csv",
                csv_table(long_rows(scores), ["model", "seed", "corruption", "family", "severity", "acc", "ece"]))
-    print(write_table(summarize_over_seeds(calib), ["model", "temperature", "test_ece", "test_nll", "test_ece_ts", "test_nll_ts"],
+    print(write_table(summarize_over_seeds(result.calibration), ["model", "temperature", "test_ece", "test_nll", "test_ece_ts", "test_nll_ts"],
                       dirs, stem="calibration", title="Calibration (clean test)",
                       note="_ts: after temperature scaling fitted on the run's validation split (blank without one)."))
     save_figure(family_figure(scores), "accuracy_by_family", dirs)
