@@ -15,15 +15,18 @@ import copy
 import json
 import sys
 
-from robustlab.cli import apply_data_args, apply_train_args, context_from_args, name_list, positive_int, unit_rate
+import numpy as np
+
+from robustlab.cli import (apply_data_args, apply_train_args, context_from_args, name_list, noise_type, positive_int,
+                           unit_rate)
+from robustlab.corruptions import NOISE_TYPES
 from robustlab.errors import UsageError, cli_entry
 from robustlab.experiment import ExperimentConfig, StrategyConfig
 from robustlab.fileio import write_text
 from robustlab.models import require_model
 from robustlab.schedules import OptimConfig
-from robustlab.corruptions import NOISE_TYPES
 from robustlab.strategies.registry import config_fields, get_strategy, list_strategies
-from studies.common import history_rows, plot_curves, study_parser
+from studies.common import history_rows, plot_curves, save_figure, study_parser
 from studies.skeleton import Results, Study, Table, run_study, seeds_of
 
 COLUMNS = ["arm", "noise_type", "noise_rate", "realized_noise", "test_acc_last", "test_acc_last10",
@@ -68,7 +71,8 @@ def build_arms(base: ExperimentConfig, methods: dict[str, StrategyConfig], noise
     arms = []
     for seed in seeds:
         clean = copy.deepcopy(base)
-        clean.tag, clean.seed, clean.data.noise_rate, clean.strategy = "clean_ce", seed, 0.0, StrategyConfig("ce")
+        clean.tag, clean.seed, clean.strategy = "clean_ce", seed, StrategyConfig("ce")
+        clean.data.noise_rate, clean.data.noise_type, clean.data.noise_file = 0.0, "symmetric", None
         arms.append(clean)
         for tag, strategy in methods.items():
             cfg = copy.deepcopy(base)
@@ -94,26 +98,43 @@ def table_row(run) -> dict:
             "test_acc_best_oracle": m["test_acc_best"], "wall_seconds": r.get("wall_seconds")}
 
 
+def table_note(runs, base: ExperimentConfig, args) -> str:
+    val = "clean (--clean-val)" if args.clean_val else "noisy (same noise as training)"
+    return (f"{base.data.dataset}, model {base.model}, preset {args.preset}, {base.train.epochs} epochs, seeds "
+            f"{seeds_of(runs)}. Validation labels: {val}. Accuracies on the clean test split: last epoch, mean of "
+            f"the last 10 epochs, and the epoch chosen on validation; for two-network methods that is the predictor "
+            f"named in `headline` (net1/net2/ensemble listed apart). label_precision/recall: the last epoch's "
+            f"selection. test_acc_best_oracle picks the epoch on the test split (an oracle).")
+
+
 def plot_figures(res: Results) -> None:
     hist = history_rows(res.runs, lambda r: r.config.tag)
     plot_curves(hist, "test_acc", "test_acc", res.dirs, "test accuracy", "Test accuracy per epoch")
     noisy = [r for r in res.runs if r.record.get("noise")]
-    clean_fraction = 1 - noisy[0].record["noise"]["realized_rate"] if noisy else None
+    report = noisy[0].record["noise"] if noisy else None
     plot_curves(hist, "label_precision", "label_precision", res.dirs, "label precision",
                 "Selection precision: clean fraction of the kept samples",
-                reference=(clean_fraction, "clean fraction of the noisy labels"))
+                reference=(1 - report["realized_rate"] if report else None, "clean fraction of the noisy labels"))
     plot_curves(hist, "remember_rate", "remember_rate", res.dirs, "R(T): kept fraction", "Small-loss schedules")
+    if report:
+        write_text(res.dirs[0] / "noise_report.json", json.dumps(report, indent=1))
+        kind = noisy[0].config.data.noise_type
+        if kind not in NOISE_TYPES:  # real or dataset-level noise: show its transition matrix
+            from robustlab.corruptions.plots import plot_transition_matrices
+
+            fig = plot_transition_matrices([(kind, np.asarray(report["transition"]))], noisy[0].record["data"]["classes"])
+            save_figure(fig, "transition_matrix", res.dirs)
 
 
 def build_parser():
     p = study_parser("noisy_labels", __doc__)
     g = p.add_argument_group("noisy labels")
-    g.add_argument("--noise", type=unit_rate, default=None, help="label noise rate in (0, 1) (default 0.3)")
-    g.add_argument("--noise-type", default="symmetric",
-                   help="label noise (robustlab.corruptions; a type with a source, e.g. human:worst, sets its own rate)")
+    g.add_argument("--noise", type=unit_rate, default=None,
+                   help="label noise rate in (0, 1) (default 0.3; noise from a label file has the file's rate)")
+    g.add_argument("--noise-type", type=noise_type, default="symmetric", help="label noise (robustlab.corruptions)")
     g.add_argument("--methods", type=name_list, default=None, metavar="M[,M]",
                    help="registered strategies, one arm noisy_<M> each (default: ce)")
-    g.add_argument("--coteach", action="store_true", help="add the Co-Teaching arm (same as adding coteach to --methods)")
+    g.add_argument("--coteach", action="store_true", help="add the Co-Teaching arm (as coteach in --methods)")
     g.add_argument("--smooth", type=unit_rate, default=None, metavar="EPS", help="add a label-smoothing arm noisy_ls")
     g.add_argument("--clean-val", action="store_true", help="keep the validation labels clean (default: noisy, "
                                                             "as a user without clean labels would have them)")
@@ -125,11 +146,11 @@ def build_parser():
 
 
 def choose_methods(args) -> dict[str, StrategyConfig]:
-    names = list(args.methods or ["ce"]) + (["coteach"] if args.coteach and "coteach" not in (args.methods or []) else [])
+    names = list(dict.fromkeys([*(args.methods or ["ce"]), *(["coteach"] if args.coteach else [])]))
     unknown = [m for m in names if m not in list_strategies()]
     if unknown:
         raise UsageError(f"unknown method(s) {', '.join(unknown)}; registered strategies: {', '.join(list_strategies())}")
-    methods = {f"noisy_{m}": StrategyConfig(m, method_options(m, args.preset, args)) for m in dict.fromkeys(names)}
+    methods = {f"noisy_{m}": StrategyConfig(m, method_options(m, args.preset, args)) for m in names}
     if args.smooth:
         methods["noisy_ls"] = StrategyConfig("ls", {"smoothing": args.smooth})
     return methods
@@ -138,12 +159,9 @@ def choose_methods(args) -> dict[str, StrategyConfig]:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    sourced = ":" in args.noise_type  # e.g. human:worst: the labels come from a file, with their own rate
-    noise = args.noise if args.noise is not None else (0.0 if sourced else 0.3)
-    if not sourced and args.noise_type not in NOISE_TYPES:  # sourced types are checked by the data layer
-        raise UsageError(f"unknown --noise-type {args.noise_type!r}; choose from {', '.join(NOISE_TYPES)} "
-                         f"or a sourced type such as human:worst")
-    if noise == 0 and not sourced:
+    needs_rate = args.noise_type in (*NOISE_TYPES, "instance")  # label files and their twins bring their own
+    noise = args.noise if args.noise is not None else (0.3 if needs_rate else 0.0)
+    if noise == 0 and needs_rate:
         raise UsageError("--noise 0 leaves nothing to study; use a rate in (0, 1)")
     base = preset(args.preset)
     base.model = args.model or base.model
@@ -154,25 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     methods = choose_methods(args)
     ctx = context_from_args(args, resume=args.resume)
     arms = build_arms(base, methods, noise, args.noise_type, args.seeds or [0])
-
-    def tables(runs):
-        val = "clean (--clean-val)" if args.clean_val else "noisy (same noise as training)"
-        note = (f"{base.data.dataset}, model {base.model}, preset {args.preset}, {base.train.epochs} epochs, seeds "
-                f"{seeds_of(runs)}. Validation labels: {val}. Accuracies on the clean test split: last epoch, "
-                f"mean of the last 10 epochs, and the epoch chosen on validation; test_acc_* of two-network methods "
-                f"is the predictor named in `headline` (net1/net2/ensemble listed apart). label_precision/recall: the "
-                f"last epoch's selection. test_acc_best_oracle picks the epoch on the test split (an oracle).")
-        return [Table(COLUMNS, KEYS, "Noisy labels", note)]
-
-    def figures(res: Results) -> None:
-        noisy = [r for r in res.runs if r.record.get("noise")]
-        if noisy:
-            report = noisy[0].record["noise"]
-            print(f"realized noise {report['realized_rate']:.4f} ({args.noise_type})", file=sys.stderr)
-            write_text(res.dirs[0] / "noise_report.json", json.dumps(report, indent=1))
-        plot_figures(res)
-
-    return run_study(Study(arms, table_row, tables, figures), args, ctx)
+    tables = lambda runs: [Table(COLUMNS, KEYS, "Noisy labels", table_note(runs, base, args))]  # noqa: E731
+    return run_study(Study(arms, table_row, tables, plot_figures), args, ctx)
 
 
 if __name__ == "__main__":
