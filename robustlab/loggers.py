@@ -16,6 +16,7 @@ once after the final test evaluation; whoever made the loggers calls `close()` (
 from __future__ import annotations
 
 import csv
+import io
 import math
 import numbers
 import os
@@ -105,25 +106,15 @@ class CSVLogger:
     def _rewrite(self, row: dict) -> None:
         self.columns += [k for k in row if k not in self.columns]
 
-        def write(f):
-            text = _TextSink()
-            writer = self._writer(text)
-            writer.writeheader()
-            writer.writerows(self.rows)
-            f.write(text.value.encode())
-        atomic_write(self.path, write)
+        text = io.StringIO()
+        writer = self._writer(text)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write(self.path, lambda f: f.write(text.getvalue().encode()))
 
     def _writer(self, f) -> csv.DictWriter:
         # floats are written with repr(): reading them back gives the same numbers bit for bit
         return csv.DictWriter(f, fieldnames=self.columns, restval="", lineterminator="\n")
-
-
-class _TextSink:
-    def __init__(self):
-        self.value = ""
-
-    def write(self, text: str) -> None:
-        self.value += text
 
 
 def _epoch_of(row: dict) -> int | None:
