@@ -3,10 +3,14 @@ CIFAR-10-C-style input corruptions."""
 from robustlab.corruptions.dataset_noise import NOISE_TYPE_HELP, dataset_noisy_labels, parse_noise_type
 from robustlab.corruptions.human import LABEL_SETS, PUBLISHED_RATES, human_labels
 from robustlab.corruptions.inputs import (
+    BENCHMARK_CORRUPTIONS,
+    CORRUPTION_FAMILIES,
+    EXTRA_CORRUPTIONS,
     INPUT_CORRUPTIONS,
     MAX_SEVERITY,
     SEVERITY_PARAMS,
     corrupt,
+    corruption_family,
     list_input_corruptions,
 )
 from robustlab.corruptions.instance import instance_dependent_labels
@@ -24,6 +28,9 @@ from robustlab.corruptions.labels import (
 )
 
 __all__ = [
+    "BENCHMARK_CORRUPTIONS",
+    "CORRUPTION_FAMILIES",
+    "EXTRA_CORRUPTIONS",
     "CIFAR10_ASYMMETRIC_MAP",
     "CIFAR100_FINE_TO_COARSE",
     "INPUT_CORRUPTIONS",
@@ -37,6 +44,7 @@ __all__ = [
     "asymmetric_class_map",
     "corrupt",
     "corrupt_labels",
+    "corruption_family",
     "corrupt_with_transition",
     "dataset_noisy_labels",
     "human_labels",
