@@ -1,7 +1,6 @@
 """AugMix: the JS consistency loss, the mixing, the operations against PIL, and the three views."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest

@@ -22,7 +22,6 @@ crop + flip); random numbers come from torch generators, not numpy.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
