@@ -1,5 +1,5 @@
 """A training process killed with SIGKILL resumes from its last checkpoint and ends exactly like
-an uninterrupted run (CPU, fixed seed)."""
+an uninterrupted run (CPU, fixed seed), on a generated CIFAR-10 of 1,000 random images."""
 import json
 import os
 import signal
@@ -11,22 +11,25 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import write_tiny_cifar10
+
 REPO = Path(__file__).resolve().parents[1]
-ARGS = ["-m", "robustlab.train", "--model", "tiny_cnn", "--model-arg", "dropout=0.3", "--epochs", "4",
-        "--train-size", "1000", "--val-size", "100", "--test-size", "300", "--batch-size", "50",
-        "--device", "cpu", "--quiet"]
+EPOCHS = 6
+ARGS = ["-m", "robustlab.train", "--model", "tiny_cnn", "--model-arg", "dropout=0.3", "--epochs", str(EPOCHS),
+        "--val-size", "100", "--batch-size", "50", "--device", "cpu", "--quiet", "--no-tensorboard"]
 
 
 def _final(out: Path):
     (record,) = (out / "records").glob("*.json")
     rec = json.loads(record.read_text())
-    state = torch.load(out / "runs" / rec["run_id"] / "last.pt", weights_only=False)["strategy"]
+    state = torch.load(out / "runs" / rec["run_id"] / "last.pt", weights_only=True)["strategy"]
     return rec, state
 
 
-@pytest.mark.slow
-def test_sigkill_then_resume_matches_uninterrupted(cifar10, cifar10_dir, session_cache_dir, tmp_path):
-    env = {**os.environ, "ROBUSTLAB_DATA": str(cifar10_dir), "ROBUSTLAB_CACHE": str(session_cache_dir),
+@pytest.mark.slow  # three interpreter start-ups
+def test_sigkill_then_resume_matches_uninterrupted(session_cache_dir, tmp_path):
+    data = write_tiny_cifar10(tmp_path / "data", per_batch=200, n_test=100)  # 1,000 training images
+    env = {**os.environ, "ROBUSTLAB_DATA": str(data.root), "ROBUSTLAB_CACHE": str(session_cache_dir),
            "OMP_NUM_THREADS": "1"}
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run([sys.executable, *ARGS, "--out", str(whole)], cwd=REPO, env=env, check=True, timeout=600)
@@ -38,8 +41,8 @@ def test_sigkill_then_resume_matches_uninterrupted(cifar10, cifar10_dir, session
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not list(killed.glob("records/*.json")), "the run finished before it could be killed"
-    epochs_done = torch.load(next(killed.glob("runs/*/last.pt")), weights_only=False)["epoch"] + 1
-    assert 1 <= epochs_done < 4
+    epochs_done = torch.load(next(killed.glob("runs/*/last.pt")), weights_only=True)["epoch"] + 1
+    assert 1 <= epochs_done < EPOCHS
 
     subprocess.run([sys.executable, *ARGS, "--out", str(killed), "--resume"], cwd=REPO, env=env, check=True,
                    timeout=600)
