@@ -1,4 +1,6 @@
-"""Co-Teaching: the R(T) schedule, small-loss cross selection, label precision, the loss."""
+"""Co-Teaching: the R(T) schedule, small-loss cross selection, label precision and recall, the loss."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -92,7 +94,11 @@ def test_bf16_logits_are_ranked_in_float32():
     st = CoTeaching(FixedLogits(torch.tensor([[1.0, 0.0], [2.0, 0.0]]).bfloat16()),
                     FixedLogits(torch.tensor([[1.0, 0.0], [2.0, 0.0]]).bfloat16()), forget_rate=0.0)
     st.on_epoch_start(0, 1)
-    assert st.train_step(torch.zeros(2, 1), y, torch.arange(2), 0).loss.dtype == torch.float32
+    loss = st.train_step(torch.zeros(2, 1), y, torch.arange(2), 0).loss
+    assert loss.dtype == torch.float32
+    # both networks' losses in float32: 2 x mean(softplus(-1), softplus(-2)); bf16 would be ~3e-3 off
+    expected = 2 * (math.log1p(math.exp(-1)) + math.log1p(math.exp(-2))) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
 # ---- which samples drive which network's gradient, precision over many batches ----------------
