@@ -26,7 +26,8 @@ def disagreement(logits1: torch.Tensor, logits2: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class CoTeachingPlusConfig(CoTeachingConfig):
-    init_epoch: int = 20  # epochs of plain Co-Teaching before the disagreement filter (official: 20 on CIFAR-10, 5 on CIFAR-100)
+    # epochs of plain Co-Teaching before the disagreement filter (official: 20 on CIFAR-10, 5 on CIFAR-100)
+    init_epoch: int = 20
 
     def validate(self) -> None:
         super().validate()

@@ -39,7 +39,8 @@ class GCEConfig:
 
     def validate(self) -> None:
         require(0.0 < self.q <= 1.0, f"q must be in (0, 1], got {self.q}")
-        require(self.truncate_k is None or 0.0 < self.truncate_k < 1.0, f"truncate_k must be in (0, 1), got {self.truncate_k}")
+        require(self.truncate_k is None or 0.0 < self.truncate_k < 1.0,
+                f"truncate_k must be in (0, 1), got {self.truncate_k}")
         require(self.prune_start >= 1, f"prune_start must be >= 1, got {self.prune_start}")
         require(self.prune_every >= 1, f"prune_every must be >= 1, got {self.prune_every}")
 
