@@ -8,53 +8,63 @@ from pathlib import Path
 
 import pytest
 
+from conftest import write_tiny_cifar10
+
 GARBAGE = "garbage.pt"
 
 
+MODELS = "unknown model 'no_such_model'; known models: convnext_cifar, "  # the list goes on
+
+
 def _cases(tmp):
+    """(module, argv, the message after "error: "; a message ending in ", " is its start)."""
     unwritable = str(tmp / "a-file" / "out")  # a folder under a regular file cannot be created
-    missing = str(tmp / "no-such-dir")
     garbage = str(tmp / GARBAGE)
+    # The robustlab.train cases of tests/test_cli_errors.py (lr, epochs, batch size, noise rate, data dir,
+    # output dir, coteach without noise) are not repeated here.
     return [
-        ("robustlab.models", ["--format", "yaml", "--list"]),
-        ("robustlab.models", ["--info", "no_such_model"]),
-        ("robustlab.train", ["--model", "no_such_model"]),
-        ("robustlab.train", ["--lr", "0"]),
-        ("robustlab.train", ["--lr", "-0.1"]),
-        ("robustlab.train", ["--epochs", "0"]),
-        ("robustlab.train", ["--batch-size", "0"]),
-        ("robustlab.train", ["--noise-rate", "1.0"]),
-        ("robustlab.train", ["--noise-rate", "-0.1"]),
-        ("robustlab.train", ["--strategy", "coteach"]),
-        ("robustlab.train", ["--data-dir", missing]),
-        ("robustlab.train", ["--out", unwritable]),
-        ("robustlab.train", ["--schedule", "sawtooth"]),
-        ("robustlab.train", ["--model-arg", "no_equals_sign"]),
-        ("robustlab.train", ["--seed", "-1"]),
-        ("robustlab.train", ["--device", "abacus"]),
-        ("robustlab.train", ["--schedule", "plateau", "--gamma", "1"]),
-        ("robustlab.train", ["--model", "small_cnn", "--model-arg", "dropout=2"]),
-        ("robustlab.train", ["--model", "small_cnn", "--model-arg", "depth=3"]),
-        ("robustlab.train", ["--resume", garbage, "--data-dir", missing]),
-        ("studies.noisy_labels", ["--noise", "0", "--coteach"]),
-        ("studies.noisy_labels", ["--noise", "1.5"]),
-        ("studies.noisy_labels", ["--noise-type", "diagonal"]),
-        ("studies.noisy_labels", ["--seeds", "a,b"]),
-        ("studies.noisy_labels", ["--seeds", "0,-1"]),
-        ("studies.noisy_labels", ["--label-smoothing", "0.1"]),
-        ("studies.noisy_labels", ["--shard", "3/2"]),
-        ("studies.noisy_labels", ["--model", "no_such_model"]),
-        ("studies.architectures", ["--models", "resnet18,no_such_model"]),
-        ("studies.architectures", ["--preset", "huge"]),
-        ("studies.supcon", ["--temperature", "0"]),
-        ("studies.supcon", ["--head", "transformer"]),
-        ("studies.regularization", ["--ablation", "everything"]),
-        ("studies.regularization", ["--model", "no_such_model"]),
-        ("studies.robustness", ["--corruptions", "snowstorm", "--checkpoint", garbage]),
-        ("studies.robustness", ["--checkpoint", garbage]),
-        ("robustlab.embed", ["--checkpoint", garbage, "--out", str(tmp / "emb")]),
-        ("robustlab.bench", ["--batch-size", "0"]),
-        ("robustlab.bench", ["--model", "no_such_model"]),
+        ("robustlab.models", ["--format", "yaml", "--list"],
+         "argument --format: invalid choice: 'yaml' (choose from 'table', 'json') (see --help)"),
+        ("robustlab.models", ["--info", "no_such_model"], MODELS),
+        ("robustlab.train", ["--model", "no_such_model"], MODELS),
+        ("robustlab.train", ["--noise-rate", "-0.1"], "argument --noise-rate: must be in [0, 1), got -0.1 (see --help)"),
+        ("robustlab.train", ["--schedule", "sawtooth"], "argument --schedule: invalid choice: 'sawtooth' (choose from "
+         "'constant', 'step', 'multistep', 'cosine', 'warmup_cosine', 'cosine_restarts', 'cyclic', 'onecycle', "
+         "'plateau') (see --help)"),
+        ("robustlab.train", ["--model-arg", "no_equals_sign"], "--model-arg expects KEY=VALUE, got 'no_equals_sign'"),
+        ("robustlab.train", ["--seed", "-1"], "argument --seed: must be >= 0, got -1 (see --help)"),
+        ("robustlab.train", ["--device", "abacus"], "unknown device 'abacus'; use auto, cpu, cuda or cuda:N"),
+        ("robustlab.train", ["--schedule", "plateau", "--gamma", "1"], "the plateau schedule needs gamma < 1"),
+        ("robustlab.train", ["--model", "small_cnn", "--model-arg", "dropout=2"], "dropout must be in [0, 1), got 2"),
+        ("robustlab.train", ["--model", "small_cnn", "--model-arg", "depth=3"],
+         "model 'small_cnn' does not take option 'depth'"),
+        # real (generated) data, so that the checkpoint check is the one that refuses it
+        ("robustlab.train", ["--resume", garbage, "--data-dir", str(tmp / "data"), "--model", "tiny_cnn",
+                             "--val-size", "0", "--epochs", "1"],
+         f"checkpoint {garbage} is unreadable or corrupt (UnpicklingError)"),
+        ("studies.noisy_labels", ["--noise", "0", "--coteach"], "--noise 0 leaves nothing to study; use a rate in (0, 1)"),
+        ("studies.noisy_labels", ["--noise", "1.5"], "argument --noise: must be in [0, 1), got 1.5 (see --help)"),
+        ("studies.noisy_labels", ["--noise-type", "diagonal"], "argument --noise-type: unknown noise type 'diagonal'; "),
+        ("studies.noisy_labels", ["--seeds", "a,b"], "argument --seeds: expected comma-separated integers, got 'a,b' "
+                                                     "(see --help)"),
+        ("studies.noisy_labels", ["--seeds", "0,-1"], "argument --seeds: seeds must be >= 0, got '0,-1' (see --help)"),
+        ("studies.noisy_labels", ["--label-smoothing", "0.1"], "unrecognized arguments: --label-smoothing 0.1 (see --help)"),
+        ("studies.noisy_labels", ["--shard", "3/2"], "argument --shard: need 0 <= I < N, got '3/2' (see --help)"),
+        ("studies.noisy_labels", ["--model", "no_such_model"], MODELS),
+        ("studies.architectures", ["--models", "resnet18,no_such_model"], MODELS),
+        ("studies.architectures", ["--preset", "huge"],
+         "argument --preset: invalid choice: 'huge' (choose from 'quick', 'paper') (see --help)"),
+        ("studies.supcon", ["--temperature", "0"], "argument --temperature: must be > 0, got 0 (see --help)"),
+        ("studies.supcon", ["--head", "transformer"], "unknown head 'transformer'; choose from mlp, linear, finetune"),
+        ("studies.regularization", ["--ablation", "everything"], "argument --ablation: invalid choice: 'everything' "
+         "(choose from 'basic', 'augment', 'schedule', 'arch', 'norm', 'all') (see --help)"),
+        ("studies.regularization", ["--model", "no_such_model"], MODELS),
+        ("studies.robustness", ["--corruptions", "snowstorm", "--checkpoint", garbage], "unknown corruption 'snowstorm'; "),
+        ("studies.robustness", ["--checkpoint", garbage], f"checkpoint {garbage} is unreadable or corrupt (UnpicklingError)"),
+        ("robustlab.embed", ["--checkpoint", garbage, "--out", str(tmp / "emb")],
+         f"checkpoint {garbage} is unreadable or corrupt (UnpicklingError)"),
+        ("robustlab.bench", ["--batch-size", "0"], "argument --batch-size: must be >= 1, got 0 (see --help)"),
+        ("robustlab.bench", ["--model", "no_such_model"], MODELS),
     ]
 
 
@@ -62,12 +72,14 @@ def _cases(tmp):
 CASES = _cases(Path("/tmp/placeholder"))
 
 
-@pytest.mark.parametrize("module,argv", CASES, ids=[f"{m}:{' '.join(a)}" for m, a in CASES])
-def test_bad_input_exits_2_with_one_line(module, argv, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("module,argv,message", CASES, ids=[f"{m}:{' '.join(a)}" for m, a, _ in CASES])
+def test_bad_input_exits_2_with_its_own_one_line_message(module, argv, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # default --out folders land in the temp dir
     (tmp_path / "a-file").write_text("")
     (tmp_path / GARBAGE).write_bytes(b"\x00not a checkpoint")
+    write_tiny_cifar10(tmp_path / "data")
     argv = [a.replace("/tmp/placeholder", str(tmp_path)) for a in argv]
+    message = message.replace("/tmp/placeholder", str(tmp_path))
     if module.startswith("studies.") or module == "robustlab.train":
         argv = argv + ["--quiet"] if "--quiet" not in argv else argv
     main = importlib.import_module(module + (".__main__" if module == "robustlab.models" else "")).main
@@ -75,8 +87,10 @@ def test_bad_input_exits_2_with_one_line(module, argv, tmp_path, capsys, monkeyp
         raise SystemExit(main(argv))
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2, err
-    assert len(err) == 1, err
-    assert "error" in err[0] and "Traceback" not in err[0]
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    prog, _, text = err[0].partition(": error: ")
+    assert prog.removeprefix("python -m ").startswith(module), err[0]
+    assert text.startswith(message) if message.endswith(", ") or message.endswith("; ") else text == message
 
 
 # ---- a user's own data: each case stopped by its own check, with its own message --------------
