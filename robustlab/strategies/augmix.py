@@ -180,15 +180,21 @@ class AugMixViews:
         m = torch.tensor(self.mean, device=clean.device).view(1, -1, 1, 1)
         s = torch.tensor(self.std, device=clean.device).view(1, -1, 1, 1)
         base = ((clean * s + m) * 255).round().clamp(0, 255)
-        views = [clean] + [normalize(self.augmix(base, generator) / 255, self.mean, self.std) for _ in range(2)]
-        return torch.stack(views, dim=1)
+        views = [normalize(v / 255, self.mean, self.std) for v in self.augmix(base, generator, count=2)]
+        return torch.stack([clean, *views], dim=1)
 
-    def augmix(self, base: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """One AugMix view of uint8-valued float images (N, C, H, W), still in 0..255."""
+    def augmix(self, base: torch.Tensor, generator: torch.Generator, count: int = 1) -> list[torch.Tensor]:
+        """`count` AugMix views of uint8-valued float images (N, C, H, W), still in 0..255. All
+        count x width chains run as one batch (each image its own ops), so an operation is called
+        once per chain step for the whole batch."""
         n = len(base)
-        weights, skip = sample_mixing_weights(n, self.width, generator, base.device)
-        chains = [self.chain(base, generator) for _ in range(self.width)]
-        return mix(base, chains, weights, skip)
+        chains = self.chain(base.repeat(count * self.width, 1, 1, 1), generator)
+        chains = chains.view(count, self.width, *base.shape)
+        out = []
+        for view in chains:
+            weights, skip = sample_mixing_weights(n, self.width, generator, base.device)
+            out.append(mix(base, list(view), weights, skip))
+        return out
 
     def chain(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n, g = len(x), generator
