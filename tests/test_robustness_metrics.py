@@ -156,3 +156,10 @@ def test_calibration_summary_fits_a_temperature_on_validation_logits():
     out = calibration_summary(logits[300:], labels[300:], logits[:300], labels[:300])
     assert out["temperature"] > 1 and out["test_nll_ts"] < out["test_nll"]
     assert calibration_summary(logits, labels)["temperature"] is None
+
+
+def test_release_labels_beyond_the_models_classes_are_refused(tmp_path):
+    _release(tmp_path)  # labels 0..3
+    assert load_released(tmp_path, "contrast", num_classes=4)[1].max() == 3
+    with pytest.raises(UsageError, match="labels.npy holds labels outside 0..2"):
+        load_released(tmp_path, "contrast", num_classes=3)
