@@ -165,3 +165,79 @@ def test_bad_temperature_and_path_raise_usage_error(tmp_path):
         apply_temperature(torch.zeros(1, 2), 0.0)
     with pytest.raises(UsageError, match=".png"):
         plot_reliability_diagram(torch.tensor([[0.5, 0.5]]), [0], tmp_path / "plot.pdf")
+
+
+# ---------------------------------------------------------------------------------------------
+# every bin against a plain loop, exact messages
+
+
+def _loop_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int):
+    """Per-bin (count, mean confidence, accuracy) with right-closed bins ((m-1)/M, m/M], by a plain loop."""
+    rows = [[0, 0.0, 0.0] for _ in range(n_bins)]
+    for p, y in zip(probs, labels):
+        conf, pred = float(p.max()), int(p.argmax())
+        m = max(0, math.ceil(conf * n_bins) - 1)  # conf in ((m)/M, (m+1)/M]; 0 goes to the first bin
+        rows[m][0] += 1
+        rows[m][1] += conf
+        rows[m][2] += float(pred == y)
+    counts = np.array([r[0] for r in rows])
+    safe = np.maximum(counts, 1)
+    return counts, np.array([r[1] for r in rows]) / safe, np.array([r[2] for r in rows]) / safe
+
+
+@pytest.mark.parametrize("n_bins", [1, 4, 15])
+def test_every_bin_matches_a_plain_loop(n_bins):
+    g = torch.Generator().manual_seed(n_bins)
+    logits = torch.randn(500, 5, generator=g, dtype=torch.float64) * 2
+    probs = logits.softmax(1)
+    labels = torch.randint(0, 5, (500,), generator=g)
+    bins = reliability_bins(probs, labels, n_bins=n_bins)
+    counts, conf, acc = _loop_bins(probs.numpy(), labels.numpy(), n_bins)
+    np.testing.assert_array_equal(bins.counts, counts)
+    np.testing.assert_allclose(bins.confidence, conf, atol=1e-12)
+    np.testing.assert_allclose(bins.accuracy, acc, atol=1e-12)
+    np.testing.assert_allclose(bins.edges, np.linspace(0, 1, n_bins + 1), atol=1e-15)
+    ece = sum(c / 500 * abs(a - f) for c, a, f in zip(counts, acc, conf))
+    assert bins.ece == pytest.approx(ece, abs=1e-12)
+    assert expected_calibration_error(logits, labels, n_bins=n_bins, from_logits=True) == pytest.approx(ece, abs=1e-12)
+
+
+def test_probability_rows_may_miss_one_by_the_tolerance_only():
+    ok = torch.tensor([[0.6, 0.4 + 0.9e-3]], dtype=torch.float64)
+    assert expected_calibration_error(ok, [0]) == pytest.approx(0.4, abs=1e-9)
+    with pytest.raises(UsageError):
+        expected_calibration_error(torch.tensor([[0.6, 0.4 + 1.1e-3]], dtype=torch.float64), [0])
+
+
+@pytest.mark.parametrize("probs, labels, kwargs, message", [
+    (torch.tensor([[2.0, -1.0]]), [0], {}, "predictions are not probabilities (rows must be in [0, 1] and sum to 1); "
+                                            "pass from_logits=True for logits"),
+    (torch.tensor([0.5, 0.5]), [0], {}, "predictions must have shape (N, C) with N >= 1 and C >= 2, got (2,)"),
+    (torch.tensor([[1.0]]), [0], {}, "predictions must have shape (N, C) with N >= 1 and C >= 2, got (1, 1)"),
+    (torch.tensor([[1, 0]]), [0], {}, "predictions must be floats, got dtype torch.int64"),
+    (torch.tensor([[0.5, 0.5]]), [0, 1], {}, "labels must have shape (1,) to match the predictions, got (2,)"),
+    (torch.tensor([[0.5, 0.5]]), [-1], {}, "labels must lie in [0, 2)"),
+    (torch.tensor([[0.5, 0.5]]), [True], {}, "labels must be integers, got dtype torch.bool"),
+    (torch.tensor([[0.5, 0.5]]), [0], {"n_bins": True}, "n_bins must be a positive integer, got True"),
+    (torch.tensor([[0.5, 0.5]]), [0], {"n_bins": 2.0}, "n_bins must be a positive integer, got 2.0"),
+    (torch.tensor([[float("inf"), 0.5]]), [0], {}, "predictions contain NaN or infinite values"),
+])
+def test_each_bad_input_has_its_own_message(probs, labels, kwargs, message):
+    with pytest.raises(UsageError) as info:
+        expected_calibration_error(probs, labels, **kwargs)
+    assert str(info.value) == message
+
+
+def test_temperature_and_max_iter_messages():
+    for bad in (0.0, -1.0, float("inf"), float("nan"), "2"):
+        with pytest.raises(UsageError) as info:
+            apply_temperature(torch.zeros(1, 2), bad)
+        assert str(info.value) == f"temperature must be a positive finite number, got {bad!r}"
+    with pytest.raises(UsageError) as info:
+        apply_temperature(torch.zeros(1, 2, dtype=torch.long), 2.0)
+    assert str(info.value) == "logits must be floats, got dtype torch.int64"
+    with pytest.raises(UsageError) as info:
+        fit_temperature(torch.zeros(2, 2), [0, 1], max_iter=0)
+    assert str(info.value) == "max_iter must be a positive integer, got 0"
+    z = torch.tensor([[2.0, 0.0]], dtype=torch.float32)
+    assert apply_temperature(z, 4).tolist() == [[0.5, 0.0]] and apply_temperature(z, 4).dtype == torch.float32
