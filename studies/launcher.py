@@ -118,7 +118,7 @@ def run_submitit(pending: list[ExperimentConfig], args, ctx: Context, runner: Ru
         import torch
 
         threads = torch.get_num_threads()
-    job_ctx = replace(ctx, quiet=True)  # job logs get per-epoch lines from the record, not bars
+    job_ctx = replace(ctx, quiet=True)  # jobs write to log files: no progress bars there
     progress = StudyProgress(len(pending), ctx.quiet or args.no_wait)
     submit = lambda cfg: executor.submit(run_job, cfg, out, job_ctx, runner, threads)  # noqa: E731
     jobs: list = []
