@@ -54,17 +54,6 @@ def preset(name: str) -> ExperimentConfig:
     return cfg
 
 
-def method_options(method: str, preset_name: str, args) -> dict:
-    """The method's recipe for the preset (from its strategy class), then the user's overrides."""
-    options = dict(getattr(get_strategy(method), "presets", {}).get(preset_name, {}))
-    fields = config_fields(method)
-    for key, value in (("num_gradual", args.num_gradual), ("forget_rate", args.forget_rate)):
-        if value is not None and key in fields:
-            options[key] = value
-    StrategyConfig(method, options).validate()
-    return options
-
-
 def build_arms(base: ExperimentConfig, methods: dict[str, StrategyConfig], noise: float, noise_type: str,
                seeds: list[int]) -> list[ExperimentConfig]:
     """clean_ce, then one noisy arm per method (same data, model, budget), for every seed."""
@@ -146,11 +135,18 @@ def build_parser():
 
 
 def choose_methods(args) -> dict[str, StrategyConfig]:
+    """Arm tag -> strategy: each method's recipe for the preset (its class's `presets`), then the user's options."""
     names = list(dict.fromkeys([*(args.methods or ["ce"]), *(["coteach"] if args.coteach else [])]))
     unknown = [m for m in names if m not in list_strategies()]
     if unknown:
         raise UsageError(f"unknown method(s) {', '.join(unknown)}; registered strategies: {', '.join(list_strategies())}")
-    methods = {f"noisy_{m}": StrategyConfig(m, method_options(m, args.preset, args)) for m in names}
+    methods = {}
+    for m in names:
+        options = {**getattr(get_strategy(m), "presets", {}).get(args.preset, {}),
+                   **{k: v for k, v in (("num_gradual", args.num_gradual), ("forget_rate", args.forget_rate))
+                      if v is not None and k in config_fields(m)}}
+        methods[f"noisy_{m}"] = StrategyConfig(m, options)
+        methods[f"noisy_{m}"].validate()
     if args.smooth:
         methods["noisy_ls"] = StrategyConfig("ls", {"smoothing": args.smooth})
     return methods
