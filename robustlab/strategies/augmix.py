@@ -18,7 +18,9 @@ are torchvision.transforms.v2.functional's (per image and channel, as PIL's); po
 solarize use per-image bits/thresholds; the geometric ones are one bilinear affine resampling
 with black fill per image, PIL's pixel-centre convention, rounded back to 8 bits as PIL does.
 Deviations: the chains start from the standard augmentation rounded to 8 bits (it already is for
-crop + flip); random numbers come from torch generators, not numpy.
+crop + flip); at the image border the geometric ops blend with the black fill (PIL leaves pixels
+that map outside black and does not blend); the Dirichlet/Beta parameters are fixed at 1 (as in
+the official code, where they are not options); random numbers come from torch generators.
 """
 from __future__ import annotations
 
