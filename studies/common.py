@@ -143,7 +143,7 @@ def should_tabulate(args) -> bool:
 # ---- tables ----------------------------------------------------------------------------------
 
 def _is_pct(column: str) -> bool:
-    return any(k in column for k in ("acc", "precision", "realized_noise", "ece"))
+    return any(k in column for k in ("acc", "precision", "recall", "realized_noise", "ece"))
 
 
 def aggregate(rows: list[dict], keys: list[str], metrics: list[str]) -> list[dict]:

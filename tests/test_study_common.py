@@ -52,6 +52,14 @@ def test_markdown_table_exact_with_percent_and_std():
         "| ls | 25.00 |  |\n")
 
 
+def test_markdown_shows_rates_in_percent_and_other_numbers_as_they_are():
+    row = {"label_precision": 0.875, "label_recall": 0.5, "realized_noise": 0.25, "test_ece": 0.125,
+           "noise_rate": 0.3, "wall_seconds": 3.0}
+    assert markdown_table([row], list(row)).splitlines()[::2] == [
+        "| label_precision (%) | label_recall (%) | realized_noise (%) | test_ece (%) | noise_rate | wall_seconds |",
+        "| 87.50 | 50.00 | 25.00 | 12.50 | 0.3 | 3 |"]
+
+
 def test_csv_table_exact_with_std_columns_and_seed_count():
     rows = [{"arm": "ce", "test_acc": 0.5, "test_acc_std": 0.01, "extra": 1, "n_seeds": 2},
             {"arm": "ls", "test_acc": None, "test_acc_std": None, "n_seeds": 1}]
