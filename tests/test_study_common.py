@@ -156,3 +156,22 @@ def test_outer_progress_bar_counts_runs_with_arm_and_seed(tmp_path, capsys):
     # --quiet: no bar at all (the records exist now, so make a fresh grid)
     assert run_study(make_study(), parse(tmp_path / "q"), Context(quiet=True)) == 0
     assert "run 1/4" not in capsys.readouterr().err
+
+
+def test_prerequisites_finish_before_the_arms_and_reach_the_figures(tmp_path, monkeypatch):
+    from robustlab.records import find_record
+
+    pre = ExperimentConfig(tag="a", seed=7)
+
+    def arm_runner(cfg, out_dir, ctx):
+        assert find_record(out_dir, pre.run_id) is not None, "the prerequisite must have its record first"
+        return fake_runner(cfg, out_dir, ctx)
+
+    seen = []
+    study = make_study(figures=seen.append)
+    study.prerequisites, study.runner = [pre], arm_runner
+    monkeypatch.setattr("studies.launcher.run_experiment", fake_runner)  # the prerequisites' default runner
+    assert run_study(study, parse(tmp_path), Context(quiet=True)) == 0
+    (results,) = seen
+    assert [r.config.run_id for r in results.prerequisites] == [pre.run_id] and len(results.runs) == 4
+    assert len(results.rows) == 4  # prerequisites make no table rows
