@@ -16,11 +16,11 @@ from robustlab.cli import apply_data_args, apply_train_args, context_from_args, 
 from robustlab.errors import UsageError, cli_entry
 from robustlab.experiment import ExperimentConfig
 from robustlab.models import require_model
-from studies.common import history_rows, plot_curves, sgd_recipe, study_parser
+from studies.common import accuracy_summary, history_rows, plot_curves, sgd_recipe, study_parser
 from studies.skeleton import Results, Study, Table, run_study
 
-COLUMNS = ["model", "params", "test_acc_last", "test_acc_best", "test_loss", "test_acc_tta", "test_ece",
-           "train_seconds", "images_per_s"]
+COLUMNS = ["model", "params", "test_acc_last", "test_acc_val_selected", "test_acc_best_oracle", "test_loss",
+           "test_acc_tta", "test_ece", "train_seconds", "images_per_s"]
 KEYS = ["model", "params"]
 
 # quick: the first of these that are registered (small nets, a few minutes each on a 2-core CPU).
@@ -79,8 +79,7 @@ def build_arms(base: ExperimentConfig, models: list[str], seeds: list[int], args
 
 def table_row(run) -> dict:
     r, m = run.record, run.record["metrics"]
-    return {"model": run.config.model, "params": r["num_params"], "test_acc_last": m["test_acc"],
-            "test_acc_best": m.get("test_acc_best"), "test_loss": m.get("test_loss"),
+    return {"model": run.config.model, "params": r["num_params"], **accuracy_summary(r), "test_loss": m.get("test_loss"),
             "test_acc_tta": m.get("test_acc_tta"), "test_ece": m.get("test_ece"),
             "train_seconds": m.get("train_seconds"), "images_per_s": m.get("images_per_s")}
 
@@ -120,7 +119,8 @@ def table_note(runs, preset_name: str) -> str:
     kwargs = "".join(f" {m} built with {_kwargs_text(c.model_kwargs)}." for m, c in cfgs.items() if c.model_kwargs)
     return (f"{data}, preset {preset_name}, {first.train.epochs} epochs, batch {first.train.batch_size}, "
             f"seeds {seeds}. Recipe: {recipe}; augmentation {aug}; TTA {first.train.tta}.{kwargs} "
-            f"Last = final epoch; best = best epoch by test accuracy (optimistic); TTA and ECE on the final weights.")
+            f"Last = final epoch; val_selected = the epoch chosen on validation; best_oracle = the best epoch chosen "
+            f"on the test split (an oracle, optimistic); TTA and ECE on the final weights.")
 
 
 def build_parser():

@@ -135,6 +135,16 @@ def print_configs(configs: list[ExperimentConfig], args) -> None:
                          sort_keys=True))
 
 
+def accuracy_summary(record: dict) -> dict:
+    """The honest test-accuracy columns of a run: last epoch, mean of the last 10 epochs (as the
+    Co-teaching papers report), the epoch chosen on validation (the engine's `best`; training loss
+    without a validation split), and the best epoch chosen on the test split itself (an oracle)."""
+    m, last10 = record["metrics"], [h["test_acc"] for h in record["history"][-10:] if "test_acc" in h]
+    return {"test_acc_last": m.get("test_acc"), "test_acc_last10": sum(last10) / len(last10) if last10 else None,
+            "test_acc_val_selected": (record.get("best") or {}).get("test_acc"),
+            "test_acc_best_oracle": m.get("test_acc_best")}
+
+
 def should_tabulate(args) -> bool:
     """Tables and figures come from an unsharded invocation, and from rank 0 only under torchrun."""
     return args.shard is None and distributed.current().is_main

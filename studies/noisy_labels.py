@@ -26,7 +26,7 @@ from robustlab.fileio import write_text
 from robustlab.models import require_model
 from robustlab.schedules import OptimConfig
 from robustlab.strategies.registry import config_fields, get_strategy, list_strategies
-from studies.common import history_rows, plot_curves, save_figure, study_parser
+from studies.common import accuracy_summary, history_rows, plot_curves, save_figure, study_parser
 from studies.skeleton import Results, Study, Table, run_study, seeds_of
 
 COLUMNS = ["arm", "noise_type", "noise_rate", "realized_noise", "test_acc_last", "test_acc_last10",
@@ -74,17 +74,15 @@ def build_arms(base: ExperimentConfig, methods: dict[str, StrategyConfig], noise
 def table_row(run) -> dict:
     r, cfg = run.record, run.config
     m, hist = r["metrics"], r["history"]
-    last10 = [h["test_acc"] for h in hist[-10:]]
     two_nets = "test_net2_acc" in m  # the strategy's predictor is net1, or the ensemble where net1 is listed apart
     headline = ("ensemble" if "test_net1_acc" in m else "net1") if two_nets else ""
     return {"arm": cfg.tag, "noise_type": cfg.data.noise_type if r.get("noise") else "none",
             "noise_rate": cfg.data.noise_rate, "realized_noise": (r.get("noise") or {}).get("realized_rate", 0.0),
-            "test_acc_last": m["test_acc"], "test_acc_last10": sum(last10) / len(last10),
-            "test_acc_val_selected": (r.get("best") or {}).get("test_acc"), "headline": headline,
+            **accuracy_summary(r), "headline": headline,
             "test_acc_net1": m.get("test_net1_acc", m["test_acc"]) if two_nets else None,
             "test_acc_net2": m.get("test_net2_acc"), "test_acc_ensemble": m.get("test_ensemble_acc"),
             "label_precision": hist[-1].get("label_precision"), "label_recall": hist[-1].get("label_recall"),
-            "test_acc_best_oracle": m["test_acc_best"], "wall_seconds": r.get("wall_seconds")}
+            "wall_seconds": r.get("wall_seconds")}
 
 
 def table_note(runs, base: ExperimentConfig, args) -> str:

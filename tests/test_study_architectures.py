@@ -43,11 +43,13 @@ def test_table_and_figure_then_collect(tmp_path, cifar10_dir, session_cache_dir,
         assert [r["model"] for r in rows] == ["tiny_cnn", "small_cnn"]
     for r in rows:
         assert int(r["params"]) == n_params(r["model"])
-        for col in ("test_acc_last", "test_acc_best", "test_acc_tta", "test_ece"):
+        for col in ("test_acc_last", "test_acc_val_selected", "test_acc_best_oracle", "test_acc_tta", "test_ece"):
             assert 0.0 <= float(r[col]) <= 1.0, (col, r[col])
+        assert float(r["test_acc_best_oracle"]) >= max(float(r["test_acc_last"]), float(r["test_acc_val_selected"]))
         assert float(r["test_loss"]) > 0 and float(r["images_per_s"]) > 0
     md = (out / "table.md").read_text()
     assert "cifar10" in md and "preset quick" in md and "1 epochs" in md and "seeds [0]" in md
+    assert "test_acc_best_oracle (%)" in md and "an oracle" in md
     assert len(read_csv(out / "runs.csv")) == 2
 
     # --collect rebuilds tables and figures from the records alone

@@ -67,6 +67,18 @@ def test_csv_table_exact_with_std_columns_and_seed_count():
     assert csv_table([{"arm": "a,b", "v": 1}], ["arm", "v"]) == 'arm,v\n"a,b",1\n'
 
 
+def test_accuracy_summary_by_hand():
+    from studies.common import accuracy_summary
+
+    hist = [{"epoch": e, "test_acc": e / 100} for e in range(1, 13)]  # 0.01 .. 0.12
+    record = {"metrics": {"test_acc": 0.12, "test_acc_best": 0.5}, "history": hist, "best": {"epoch": 4, "test_acc": 0.04}}
+    s = accuracy_summary(record)
+    assert s["test_acc_last"] == 0.12 and s["test_acc_best_oracle"] == 0.5 and s["test_acc_val_selected"] == 0.04
+    assert s["test_acc_last10"] == pytest.approx(sum(range(3, 13)) / 1000)  # epochs 3..12: mean 0.075
+    short = accuracy_summary({"metrics": {"test_acc": 0.3}, "history": hist[:2]})
+    assert short["test_acc_last10"] == pytest.approx(0.015) and short["test_acc_val_selected"] is None
+
+
 # ---- run_study -------------------------------------------------------------------------------
 
 def fake_runner(cfg: ExperimentConfig, out: Path, ctx) -> dict:
