@@ -245,3 +245,28 @@ def test_ensemble_of_a_certain_and_an_uncertain_network():
     unsure = FixedLogits(torch.tensor([[0.0, 0.0]]))
     out = EnsembleLogits(sure, unsure)(torch.zeros(1, 1))
     assert torch.allclose(out.exp(), torch.tensor([[0.75, 0.25]]), atol=1e-6)
+
+
+def test_built_strategy_measures_precision_with_the_contexts_clean_labels_and_ensembles_both_networks():
+    from robustlab.strategies import BuildContext, create_strategy
+
+    torch.manual_seed(0)
+    clean = torch.tensor([0, 1, 1, 0])
+    ctx = BuildContext(new_model=lambda: nn.Linear(3, 2), num_classes=2, num_train=4, noise_rate=0.5,
+                       clean_train_labels=clean)
+    st = create_strategy("coteach", context=ctx, num_gradual=0)
+    st.on_epoch_start(0, 1)
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 0, 1])  # samples 2 and 3 are mislabelled
+    st.train_step(x, y, torch.arange(4), 0)
+    assert "label_precision" in st.epoch_metrics()
+    ensemble = st.extra_predictors()["ensemble"](x)  # the inputs reach both networks
+    expected = ((st.model(x).softmax(1) + st.peer(x).softmax(1)) / 2).log()
+    assert torch.allclose(ensemble, expected, atol=1e-6)
+
+
+def test_exponent_zero_is_refused_by_the_config():
+    from robustlab.strategies.coteaching import CoTeachingConfig
+
+    with pytest.raises(UsageError) as info:
+        CoTeachingConfig(exponent=0.0).validate()
+    assert str(info.value) == "exponent must be > 0, got 0.0"
