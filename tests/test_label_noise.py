@@ -417,3 +417,30 @@ def test_uniform_noise_redraws_exactly_round_rate_n_labels():
         noisy = np.asarray(corrupt_labels(clean, 1000, "uniform", rate, seed=0))
         # with 1000 classes a redraw keeps the label with probability 1/1000: almost all redraws show
         assert n_redrawn - 2 <= int((noisy != clean).sum()) <= n_redrawn
+
+
+def test_per_sample_coarse_labels_leave_absent_classes_in_place():
+    # classes 4 and 5 never occur: their superclass is unknown, so they map to themselves
+    labels = [0, 1, 2, 3, 0, 2]
+    coarse = [8, 9, 8, 9, 8, 8]
+    assert asymmetric_class_map(6, coarse_labels=coarse, labels=labels).tolist() == [2, 3, 0, 1, 4, 5]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"coarse_labels": [-1, 0, 0, 0, 0, 0]}, "coarse_labels must lie in [0, 9223372036854775807), found values in [-1, 0]"),
+    ({"coarse_labels": [0, 1, 2]}, "coarse_labels must have one entry per sample (?) or one per class (6), got 3"),
+    ({"coarse_labels": [0, 1, 2], "labels": [0, 1, 2, 3, 4]},
+     "coarse_labels must have one entry per sample (5) or one per class (6), got 3"),
+    ({"coarse_labels": [0, 1, 2], "labels": [0, 0, 1]},
+     "coarse_labels read per sample give some fine class two superclasses; pass a length-6 fine->coarse table instead"),
+])
+def test_bad_coarse_labels_have_their_own_message(kwargs, message):
+    with pytest.raises(UsageError) as info:
+        asymmetric_class_map(6, **kwargs)
+    assert str(info.value) == message
+
+
+def test_noise_report_as_a_dict():
+    report = noise_report([0, 0, 1, 2], [0, 1, 1, 2], 3).to_dict()
+    assert report == {"realized_rate": 0.25, "num_classes": 3,
+                      "transition": [[0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]}
