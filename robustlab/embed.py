@@ -97,7 +97,8 @@ def embed_run(checkpoint: str | Path, ctx: Context, split: str = "test", max_tra
     cfg = run.config
     if dataset:
         cfg.data.dataset = dataset
-    cfg.data.noise_rate = 0.0  # scores and colours use the true labels
+    # Scores and colours use the true labels: no synthetic, file or human noise.
+    cfg.data.noise_rate, cfg.data.noise_type, cfg.data.noise_file = 0.0, "symmetric", None
     device = resolve_device(ctx.device)
     splits = prepare_data(cfg.data, cfg.seed, ctx).splits
     chosen = {"test": splits.test, "train": splits.train, "val": splits.val}[split]
