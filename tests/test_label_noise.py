@@ -444,3 +444,17 @@ def test_noise_report_as_a_dict():
     report = noise_report([0, 0, 1, 2], [0, 1, 1, 2], 3).to_dict()
     assert report == {"realized_rate": 0.25, "num_classes": 3,
                       "transition": [[0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]}
+
+
+def test_two_classes_of_one_superclass_swap():
+    assert asymmetric_class_map(2, coarse_labels=[5, 5]).tolist() == [1, 0]
+
+
+def test_asymmetric_noise_without_a_map_names_what_is_missing():
+    with pytest.raises(UsageError) as info:
+        asymmetric_class_map(7)
+    assert str(info.value) == ("asymmetric noise needs coarse_labels for 7 classes "
+                               "(built-in maps exist for CIFAR-10 and CIFAR-100 only)")
+    with pytest.raises(UsageError) as info:
+        asymmetric_class_map(1)
+    assert str(info.value) == "num_classes must be an integer >= 2, got 1"
