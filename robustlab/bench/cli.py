@@ -41,6 +41,8 @@ def build_parser() -> Parser:
                    help="json: print the throughput rows as a JSON list")
     p.add_argument("--json-out", default=None, help="also write the whole report (all parts) to this JSON file")
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 avoids spin-waiting on a busy, shared CPU)")
     p.add_argument("--data-dir", default=os.environ.get("ROBUSTLAB_DATA"))
     p.add_argument("--cache-dir", default=None)
     s = p.add_argument_group("GPU suite")
@@ -96,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     require_model(args.model)  # a bad name fails before any data loads
     scaling = _sizes(args.scaling)
     device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         raise UsageError(f"data directory {args.data_dir} does not exist")
     if args.suite:
