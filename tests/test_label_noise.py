@@ -458,3 +458,28 @@ def test_asymmetric_noise_without_a_map_names_what_is_missing():
     with pytest.raises(UsageError) as info:
         asymmetric_class_map(1)
     assert str(info.value) == "num_classes must be an integer >= 2, got 1"
+
+
+def test_corrupt_labels_defaults_are_symmetric_30_percent_seed_0():
+    clean = np.arange(1000) % 10
+    assert np.array_equal(corrupt_labels(clean, 10), corrupt_labels(clean, 10, "symmetric", 0.3, 0))
+
+
+def test_transition_sampling_never_leaves_the_classes_when_a_row_sums_just_below_one():
+    from robustlab.corruptions.labels import corrupt_with_transition
+
+    t = [[0.5, 0.49999], [0.0, 1.0]]  # row 0 sums to 1 - 1e-5 (within tolerance): u can exceed its cdf
+    noisy = corrupt_with_transition(np.zeros(1_000_000, dtype=np.int64), t, seed=0)
+    assert noisy.max() == 1 and noisy.min() == 0
+
+
+def test_transition_sampling_errors_name_the_problem():
+    from robustlab.corruptions.labels import corrupt_with_transition
+
+    with pytest.raises(UsageError) as info:
+        corrupt_with_transition([0, 1], [[1.0, 0.0], [0.0, 1.0]], seed=1.5)
+    assert str(info.value) == "seed must be an integer, got 1.5"
+    with pytest.raises(UsageError) as info:
+        corrupt_with_transition([0, 1], [[0.7, 0.7], [0.0, 1.0]])
+    assert str(info.value) == ("every transition-matrix row of a class present in the labels must be a probability "
+                               "distribution")
