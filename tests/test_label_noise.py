@@ -483,3 +483,36 @@ def test_transition_sampling_errors_name_the_problem():
         corrupt_with_transition([0, 1], [[0.7, 0.7], [0.0, 1.0]])
     assert str(info.value) == ("every transition-matrix row of a class present in the labels must be a probability "
                                "distribution")
+
+
+def test_two_classes_symmetric_noise_flips_to_the_other_class():
+    clean = np.arange(20_000) % 2
+    noisy = np.asarray(corrupt_labels(clean, 2, "symmetric", 0.25, seed=1))
+    np.testing.assert_allclose(noise_report(clean, noisy, 2).transition, [[0.75, 0.25], [0.25, 0.75]], atol=0.015)
+
+
+def test_label_containers_round_trip_nested_and_empty():
+    nested = [[0, 1], [2, 3]]
+    out = corrupt_labels(nested, 4, "pair", 0.0)
+    assert out == nested and isinstance(out[0], list)
+    assert corrupt_labels([], 10, "symmetric", 0.5) == []
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: corrupt_labels([[0], [0, 1]], 2), "labels must be a list, numpy array or torch tensor of integers"),
+    (lambda: corrupt_labels([0.5], 2), "labels must hold integers, got dtype float64"),
+    (lambda: corrupt_labels([0, 1], 2, seed=0.5), "seed must be an integer, got 0.5"),
+    (lambda: noise_report([0], [0], 1), "num_classes must be an integer >= 2, got 1"),
+    (lambda: noise_report([0, 5], [0, 1], 3), "clean labels must lie in [0, 3), found values in [0, 5]"),
+    (lambda: noise_report([0, 1], [0, -1], 3), "noisy labels must lie in [0, 3), found values in [-1, 0]"),
+    (lambda: noise_report([], [], 3), "noise_report needs at least one label"),
+])
+def test_label_input_errors_have_their_own_message(call, message):
+    with pytest.raises(UsageError) as info:
+        call()
+    assert str(info.value) == message
+
+
+def test_noise_report_of_a_single_label():
+    report = noise_report([0], [1], 2)
+    assert report.realized_rate == 1.0 and report.transition.tolist() == [[0.0, 1.0], [0.0, 0.0]]
