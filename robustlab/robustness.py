@@ -398,6 +398,11 @@ def _clean_rows(scores, families) -> list[dict]:
             for (label, seed), s in scores.items() for f in families]
 
 
+def _per_seed(frame, keys):
+    """Mean over corruptions per run first, so that a figure's band is the spread over seeds."""
+    return frame.groupby(keys, as_index=False, sort=False)[["acc", "ece"]].mean()
+
+
 def family_figure(scores: dict[tuple[str, int], CorruptionScores]):
     """Accuracy vs severity (0 = clean), one panel per corruption family (benchmark corruptions;
     a family with only extras evaluated shows those), one line per model, mean and sd over seeds."""
@@ -410,7 +415,7 @@ def family_figure(scores: dict[tuple[str, int], CorruptionScores]):
     rows = long_rows(scores)
     families = list(dict.fromkeys(r["family"] for r in rows))
     shown = [r for r in rows if r["benchmark"] or not any(o["benchmark"] and o["family"] == r["family"] for o in rows)]
-    frame = pd.DataFrame(shown + _clean_rows(scores, families))
+    frame = _per_seed(pd.DataFrame(shown + _clean_rows(scores, families)), ["model", "seed", "family", "severity"])
     fig, axes = plt.subplots(1, len(families), figsize=(3.2 * len(families), 3.4), sharey=True, squeeze=False)
     for ax, family in zip(axes[0], families):
         sns.lineplot(data=frame[frame.family == family], x="severity", y="acc", hue="model", marker="o", errorbar="sd",
@@ -422,7 +427,8 @@ def family_figure(scores: dict[tuple[str, int], CorruptionScores]):
 
 
 def ece_figure(scores: dict[tuple[str, int], CorruptionScores]):
-    """ECE vs severity (0 = clean), averaged over the benchmark corruptions evaluated (all when none is)."""
+    """ECE vs severity (0 = clean), averaged over the benchmark corruptions evaluated (all when none is),
+    one line per model, mean and sd over seeds."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -431,7 +437,7 @@ def ece_figure(scores: dict[tuple[str, int], CorruptionScores]):
 
     rows = long_rows(scores)
     bench = [r for r in rows if r["benchmark"]] or rows
-    frame = pd.DataFrame(bench + _clean_rows(scores, ["all"]))
+    frame = _per_seed(pd.DataFrame(bench + _clean_rows(scores, ["all"])), ["model", "seed", "severity"])
     fig, ax = plt.subplots(figsize=(5.4, 3.8))
     sns.lineplot(data=frame, x="severity", y="ece", hue="model", marker="o", errorbar="sd", ax=ax)
     ax.set(xlabel="severity (0 = clean)", ylabel="ECE (15 bins)", title="Calibration under corruption")

@@ -39,7 +39,7 @@ from robustlab.strategies import get_strategy
 from studies.common import csv_table, output_dirs, run_grid, save_figure, sgd_recipe, should_tabulate, study_parser, write_table
 
 PRESET_MODELS = {"quick": ("small_cnn",), "paper": ("resnet18",)}
-EVAL_TEST_SIZE = {"quick": 1000, "paper": None}  # test images evaluated (None: the run's whole test split)
+EVAL_TEST_SIZE = {"quick": 500, "paper": None}  # test images evaluated (None: the run's whole test split)
 
 
 def preset(name: str) -> ExperimentConfig:
