@@ -55,11 +55,11 @@ class SuiteSizes:
     tta_batch_size: int = 512
     tta_train_size: int | None = None  # None: all 50,000 training images
     tta_test_size: int | None = None   # None: all 10,000 test images
-    tta_budget_s: float = 120.0
+    tta_budget_s: float = 100.0
     # the headline study's paper preset
     paper_args: list[str] = field(default_factory=list)  # extra study options (smoke: tiny sizes)
     paper_shards: int = 3
-    paper_budget_s: float = 210.0
+    paper_budget_s: float = 180.0
 
 
 GPU = SuiteSizes()
