@@ -48,7 +48,8 @@ def build_parser() -> Parser:
 def export_rows(cfg, seed: int, data_dir: str | None, cache_dir: str | None) -> tuple[list[tuple], dict | None]:
     """(rows, noise report) for every training image of `cfg.dataset` under DataConfig `cfg`."""
     from robustlab.corruptions.human import image_folder_train_files, locate_dataset
-    from robustlab.experiment import Context, _cached_dataset, prepare_data
+    from robustlab.config import Context
+    from robustlab.prepare import _cached_dataset, prepare_data
 
     ctx = Context(data_dir=data_dir, cache_dir=cache_dir)
     train, _ = _cached_dataset(cfg.dataset, data_dir, cache_dir)

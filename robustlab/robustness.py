@@ -31,6 +31,7 @@ import torch
 
 from robustlab.calibration import apply_temperature, expected_calibration_error, fit_temperature, negative_log_likelihood
 from robustlab.corruptions.inputs import BENCHMARK_CORRUPTIONS, EXTRA_CORRUPTIONS, MAX_SEVERITY, corrupt
+from robustlab.seeds import mixed_seed
 from robustlab.data.augment import normalize
 from robustlab.errors import UsageError, require
 
@@ -68,7 +69,7 @@ Source = Iterator[tuple[str, int, Batches]]
 def corruption_generator(name: str, severity: int, seed: int, device) -> torch.Generator:
     """The generator of corruption `name` at `severity`: the same images for every model."""
     g = torch.Generator(device=device)
-    g.manual_seed(seed * 1_000_003 + zlib.crc32(f"{name}/{severity}".encode()))
+    g.manual_seed(mixed_seed(seed, zlib.crc32(f"{name}/{severity}".encode())))
     return g
 
 

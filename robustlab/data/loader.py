@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 import torch
 
 from robustlab.errors import require
+from robustlab.seeds import mixed_seed
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -36,7 +37,7 @@ class DeviceLoader:
 
     def _generator(self, stream: int = 0) -> torch.Generator:
         g = torch.Generator(device=self.device)
-        g.manual_seed(self.seed * 1_000_003 + self.epoch + stream * 7_919)
+        g.manual_seed(mixed_seed(self.seed, self.epoch, stream))
         return g
 
     def _indices(self, g: torch.Generator) -> torch.Tensor:
