@@ -270,3 +270,10 @@ def test_exponent_zero_is_refused_by_the_config():
     with pytest.raises(UsageError) as info:
         CoTeachingConfig(exponent=0.0).validate()
     assert str(info.value) == "exponent must be > 0, got 0.0"
+
+
+def test_one_gradual_epoch_starts_from_keeping_everything_and_the_default_ramp_is_linear():
+    assert remember_rate(0, tau=0.3, num_gradual=1) == 1.0 and remember_rate(1, tau=0.3, num_gradual=1) == pytest.approx(0.7)
+    st = CoTeaching(nn.Linear(1, 2), nn.Linear(1, 2), forget_rate=0.4, num_gradual=4)  # default exponent: linear
+    st.on_epoch_start(1, 4)
+    assert st.epoch_metrics()["remember_rate"] == pytest.approx(0.9)
