@@ -135,7 +135,7 @@ def test_augmix_loss_is_clean_ce_plus_weighted_jsd():
     out.loss.backward()
     assert model[1].weight.grad.abs().sum() > 0
     plain = create_strategy("augmix", model, num_classes=5, jsd_weight=0)
-    assert float(plain.train_step(x, y, torch.arange(6), 0).loss) == pytest.approx(float(F.cross_entropy(logits[0], y)), rel=1e-5)
+    assert plain.train_step(x, y, torch.arange(6), 0).loss.item() == pytest.approx(F.cross_entropy(logits[0], y).item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("option, value", [("width", 0), ("depth", 0), ("severity", 11), ("jsd_weight", -1.0)])
