@@ -59,6 +59,7 @@ def test_cli_json_rows_cover_precision_format_compile_and_loader(tiny_cifar10, t
     assert report["scaling"][0]["per_image_vs_smallest"] == pytest.approx(1.0)
     cost = {r["strategy"]: r for r in report["strategy_cost"]}
     assert set(cost) == {"ce", "coteach", "supcon_pretrain"} and cost["ce"]["vs_ce"] == 1.0
+    assert cost["ce"]["seconds_per_epoch"] == pytest.approx(sum(cost["ce"]["ce_before_after"]) / 2)  # bracketed
     assert cost["coteach"]["vs_ce"] == pytest.approx(cost["coteach"]["seconds_per_epoch"] / cost["ce"]["seconds_per_epoch"])
 
 
