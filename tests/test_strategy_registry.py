@@ -118,3 +118,11 @@ def test_multiview_stacks_independent_draws():
     x = aug(torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8), torch.Generator().manual_seed(0))
     assert x.shape == (6, 2, 3, 8, 8)
     assert not torch.equal(x[:, 0], x[:, 1])
+
+
+def test_library_users_give_the_training_set_size_and_noise_prior_directly():
+    elr = create_strategy("elr", lambda: create_model("tiny_cnn", num_classes=10), num_classes=10, num_train=37)
+    assert elr.options()["beta"] == 0.7 and elr.options()["lam"] == 3.0  # CIFAR-10 defaults from the class count
+    assert [b.shape for b in elr.buffers() if b.dim() == 2 and b.shape[0] == 37] == [(37, 10)]
+    jocor = create_strategy("jocor", lambda: create_model("tiny_cnn", num_classes=10), num_classes=10, noise_rate=0.4)
+    assert jocor.tau == pytest.approx(0.4)

@@ -120,12 +120,14 @@ def make_config(name: str, options: dict | None = None):
 
 
 def create_strategy(name: str, new_model: Callable[[], nn.Module] | nn.Module | None = None, *,
-                    context: BuildContext | None = None, num_classes: int | None = None, **options) -> Strategy:
+                    context: BuildContext | None = None, num_classes: int | None = None, num_train: int = 0,
+                    noise_rate: float = 0.0, **options) -> Strategy:
     """Build strategy `name` with `options` (its Config's fields).
 
     `new_model` is a zero-argument factory (called once per network the strategy owns) or, for
-    single-network strategies, a model. `context` gives the rest (class count, training-set size,
-    noise prior); without it a minimal one is made from `num_classes`.
+    single-network strategies, a model. `context` gives the rest; without it one is made from
+    `num_classes`, `num_train` (the training-set size, for per-sample state such as ELR's memory)
+    and `noise_rate` (the prior that forget rates default to).
     """
     cls = get_strategy(name)
     config = make_config(name, options)
@@ -141,7 +143,8 @@ def create_strategy(name: str, new_model: Callable[[], nn.Module] | nn.Module | 
                 return module
         else:
             factory = new_model
-        context = BuildContext(new_model=factory, num_classes=num_classes or 0)
+        context = BuildContext(new_model=factory, num_classes=num_classes or 0, num_train=num_train,
+                               noise_rate=noise_rate)
     strategy = cls.build(config, context)
     if strategy.config is None:
         strategy.config = config
