@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from robustlab.errors import require
 from robustlab.strategies.base import StepOutput
-from robustlab.strategies.coteaching import CoTeaching, CoTeachingConfig, cross_update_indices, resolve_forget_rate
+from robustlab.strategies.coteaching import CoTeaching, CoTeachingConfig, cross_update_indices
 from robustlab.strategies.registry import register_strategy
 
 
@@ -63,14 +63,6 @@ class CoTeachingPlus(CoTeaching):
         require(init_epoch >= 0, f"init_epoch must be >= 0, got {init_epoch}")
         self.init_epoch = init_epoch
         self._disagree = self._seen = 0
-
-    @classmethod
-    def build(cls, config: CoTeachingPlusConfig, ctx):
-        forget = resolve_forget_rate(config.forget_rate, ctx, cls.name)
-        strategy = cls(ctx.new_model(), ctx.new_model(), forget_rate=forget, num_gradual=config.num_gradual,
-                       exponent=config.exponent, init_epoch=config.init_epoch, clean_labels=ctx.clean_train_labels)
-        strategy.config = CoTeachingPlusConfig(forget, config.num_gradual, config.exponent, config.init_epoch)
-        return strategy
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         super().on_epoch_start(epoch, num_epochs)

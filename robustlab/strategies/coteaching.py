@@ -6,7 +6,7 @@ then updated on the samples its *peer* kept. With exponent = 1 this is the paper
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -100,10 +100,11 @@ class CoTeaching(Strategy):
 
     @classmethod
     def build(cls, config: CoTeachingConfig, ctx):
-        forget = resolve_forget_rate(config.forget_rate, ctx, cls.name)
-        strategy = cls(ctx.new_model(), ctx.new_model(), forget_rate=forget, num_gradual=config.num_gradual,
-                       exponent=config.exponent, clean_labels=ctx.clean_train_labels)
-        strategy.config = CoTeachingConfig(forget, config.num_gradual, config.exponent)
+        """Two fresh networks; every config field is a constructor argument (also for the
+        Co-Teaching variants), with the forget rate resolved from the noise prior."""
+        resolved = replace(config, forget_rate=resolve_forget_rate(config.forget_rate, ctx, cls.name))
+        strategy = cls(ctx.new_model(), ctx.new_model(), clean_labels=ctx.clean_train_labels, **asdict(resolved))
+        strategy.config = resolved
         return strategy
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:

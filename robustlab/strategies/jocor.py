@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from robustlab.errors import require
 from robustlab.strategies.base import StepOutput
-from robustlab.strategies.coteaching import CoTeaching, CoTeachingConfig, resolve_forget_rate
+from robustlab.strategies.coteaching import CoTeaching, CoTeachingConfig
 from robustlab.strategies.registry import register_strategy
 
 
@@ -67,14 +67,6 @@ class JoCoR(CoTeaching):
         super().__init__(model, peer, forget_rate, num_gradual, exponent, clean_labels)
         require(0.0 <= co_lambda <= 1.0, f"co_lambda must be in [0, 1], got {co_lambda}")
         self.co_lambda = co_lambda
-
-    @classmethod
-    def build(cls, config: JoCoRConfig, ctx):
-        forget = resolve_forget_rate(config.forget_rate, ctx, cls.name)
-        strategy = cls(ctx.new_model(), ctx.new_model(), forget_rate=forget, num_gradual=config.num_gradual,
-                       exponent=config.exponent, co_lambda=config.co_lambda, clean_labels=ctx.clean_train_labels)
-        strategy.config = JoCoRConfig(forget, config.num_gradual, config.exponent, config.co_lambda)
-        return strategy
 
     def train_step(self, x, y, idx, epoch) -> StepOutput:
         logits1, logits2 = self.model(x), self.peer(x)
