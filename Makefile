@@ -24,12 +24,20 @@ test: setup
 
 # Mutation testing of the mechanism modules ([tool.mutmut] in pyproject.toml); CPU-heavy, not part of `make test`.
 # Restrict with MUTANTS, e.g. make mutation MUTANTS='robustlab.strategies.coteaching.*'
+# Quick, conservative score of a few modules judged by their own tests (tools/mutation_focus.py), e.g.
+# make mutation MODULES=robustlab/strategies/sce.py TESTS=tests/test_robust_losses.py
 MUTANTS ?=
+MODULES ?=
+TESTS ?=
 MUTATION_JOBS ?= 2
 mutation: setup
 	$(PY) -c "import mutmut" 2>/dev/null || $(PY) -m pip install -q -e '.[mutation]'
+ifneq ($(strip $(MODULES)),)
+	$(PY) tools/mutation_focus.py $(MODULES) --tests $(TESTS) --jobs $(MUTATION_JOBS)
+else
 	$(VENV)/bin/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS)
 	$(PY) tools/mutation_report.py
+endif
 
 bench: setup
 	$(PY) -m robustlab.bench $(ARGS)
