@@ -14,6 +14,7 @@ from robustlab.models import create_model
 from robustlab.precision import resolve_precision
 from robustlab.schedules import OptimConfig
 from robustlab.strategies import CrossEntropy, StepOutput
+from toy_images import band_images
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -34,18 +35,9 @@ class Probe(CrossEntropy):
         return StepOutput(loss, logits)
 
 
-def _learnable(n: int):
-    g = torch.Generator().manual_seed(0)
-    y = torch.arange(n) % 4
-    x = torch.randint(0, 100, (n, 3, 16, 16), generator=g, dtype=torch.uint8)
-    for i in range(n):
-        x[i, :, 4 * y[i]:4 * y[i] + 4] += 150
-    return x, y
-
-
 def _fit(compile: bool = False, precision: str = "auto"):
     torch.manual_seed(0)
-    x, y = _learnable(576)
+    x, y = band_images(576)
     train = DeviceLoader(x[:512], y[:512], 64, BatchAugment(AugmentConfig(crop_pad=0, flip=True), MEAN, STD),
                          seed=0, device="cuda")
     test = DeviceLoader(x[512:], y[512:], 64, Normalize(MEAN, STD), shuffle=False, device="cuda")

@@ -15,6 +15,7 @@ from robustlab.evaluate import collect_logits
 from robustlab.models import create_model
 from robustlab.schedules import OptimConfig
 from robustlab.strategies import CrossEntropy, StepOutput
+from toy_images import band_images
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -135,19 +136,9 @@ class Probe(CrossEntropy):
         return StepOutput(loss, logits)
 
 
-def _learnable(n: int, seed: int = 0):
-    """Images whose class is a bright band's row: learnable in a few epochs by a tiny CNN."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % 4
-    x = torch.randint(0, 100, (n, 3, 16, 16), generator=g, dtype=torch.uint8)
-    for i in range(n):
-        x[i, :, 4 * y[i]:4 * y[i] + 4] += 150
-    return x, y
-
-
 def _fit(precision: str):
     torch.manual_seed(0)
-    x, y = _learnable(320)
+    x, y = band_images(320)
     train = DeviceLoader(x[:256], y[:256], 32, BatchAugment(AugmentConfig(crop_pad=0, flip=True), MEAN, STD), seed=0)
     test = DeviceLoader(x[256:], y[256:], 64, Normalize(MEAN, STD), shuffle=False)
     cfg = TrainConfig(epochs=3, batch_size=32, precision=precision, tta="none",
