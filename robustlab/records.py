@@ -47,5 +47,5 @@ def find_record(results_dir: str | Path, run_id: str) -> dict | None:
 
 
 def load_records(results_dir: str | Path) -> list[dict]:
-    folder = Path(results_dir) / "records"
-    return [read_record(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    # a missing records folder globs to nothing: no records yet
+    return [read_record(p) for p in sorted((Path(results_dir) / "records").glob("*.json"))]

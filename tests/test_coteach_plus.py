@@ -1,27 +1,15 @@
 """Co-teaching+: the disagreement filter, which samples drive each network, the Co-Teaching phase
 before init_epoch, selection precision/recall, options, and a short training run."""
-import math
 
 import pytest
 import torch
-from torch import nn
 
+from coteach_helpers import PerSampleLogits, rows_with_grad, softplus
 from noisy_toy import fit_toy
 from robustlab.errors import UsageError
 from robustlab.models import create_model
 from robustlab.strategies import BuildContext, CoTeaching, create_strategy, make_config
 from robustlab.strategies.coteach_plus import CoTeachingPlus, disagreement
-
-
-class PerSampleLogits(nn.Module):
-    """Logits looked up per sample id (the input): a row receives gradient only if that sample is used."""
-
-    def __init__(self, margins):
-        super().__init__()
-        self.table = nn.Parameter(torch.tensor([[m, 0.0] for m in margins]))
-
-    def forward(self, ids):
-        return self.table[ids]
 
 
 # Two classes, every label 0, so a sample's loss is softplus(-margin) and the net predicts 0 iff margin > 0.
@@ -33,19 +21,11 @@ IDS = torch.arange(8)
 CLEAN = torch.tensor([0, 0, 0, 1, 0, 0, 1, 0])  # samples 3 and 6 carry a wrong label
 
 
-def softplus(m):
-    return math.log1p(math.exp(-m))
-
-
 def make(init_epoch=2, forget_rate=0.4):
     # num_gradual = 0: R(T) = 1 - forget_rate from the first epoch on
-    st = CoTeachingPlus(PerSampleLogits(MARGINS1), PerSampleLogits(MARGINS2), forget_rate=forget_rate,
+    st = CoTeachingPlus(PerSampleLogits.from_margins(MARGINS1), PerSampleLogits.from_margins(MARGINS2), forget_rate=forget_rate,
                         num_gradual=0, init_epoch=init_epoch, clean_labels=CLEAN)
     return st
-
-
-def rows_with_grad(net):
-    return set(torch.nonzero(net.table.grad.abs().sum(1)).squeeze(1).tolist())
 
 
 def step(st, epoch):
@@ -87,7 +67,7 @@ def test_before_init_epoch_it_is_a_co_teaching_step_over_the_whole_batch():
     # R = 0.6 of 8 -> 4: net 1 keeps 5, 2, 0, 4 (net 2 learns from them); net 2 keeps 5, 2, 0, 6
     assert rows_with_grad(st.model) == {0, 2, 5, 6}
     assert rows_with_grad(st.peer) == {0, 2, 4, 5}
-    ref = CoTeaching(PerSampleLogits(MARGINS1), PerSampleLogits(MARGINS2), forget_rate=0.4, num_gradual=0)
+    ref = CoTeaching(PerSampleLogits.from_margins(MARGINS1), PerSampleLogits.from_margins(MARGINS2), forget_rate=0.4, num_gradual=0)
     ref.on_epoch_start(1, 10)
     assert out.loss.item() == pytest.approx(ref.train_step(IDS, Y, IDS, 1).loss.item(), rel=1e-6)
     assert "disagreement" not in st.epoch_metrics()
@@ -96,7 +76,7 @@ def test_before_init_epoch_it_is_a_co_teaching_step_over_the_whole_batch():
 
 def test_a_batch_without_disagreement_gives_no_gradient_and_misses_every_clean_sample():
     same = [1.0, 2.0, -1.0, 3.0]
-    st = CoTeachingPlus(PerSampleLogits(same), PerSampleLogits(same), forget_rate=0.2, num_gradual=0, init_epoch=0,
+    st = CoTeachingPlus(PerSampleLogits.from_margins(same), PerSampleLogits.from_margins(same), forget_rate=0.2, num_gradual=0, init_epoch=0,
                         clean_labels=torch.zeros(4, dtype=torch.long))
     st.on_epoch_start(0, 1)
     out = st.train_step(torch.arange(4), torch.zeros(4, dtype=torch.long), torch.arange(4), 0)
@@ -133,3 +113,81 @@ def test_trains_on_noisy_toy_labels_and_switches_to_disagreement_at_init_epoch()
     assert hist[2]["label_precision"] > 0.8  # Co-Teaching phase: cleaner than the 70% clean labels
     assert result.metrics["test_acc"] >= 0.6 and result.metrics["test_net2_acc"] >= 0.6  # chance: 0.25
     assert "test_ensemble_acc" in result.metrics
+
+
+def test_constructor_defaults_init_epoch_20_and_the_linear_ramp_over_ten_epochs():
+    st = CoTeachingPlus(PerSampleLogits.from_margins(MARGINS1), PerSampleLogits.from_margins(MARGINS2),
+                        forget_rate=0.4, clean_labels=CLEAN)
+    assert (st.init_epoch, st.num_gradual, st.exponent) == (20, 10, 1.0)
+    # before any on_epoch_start: R = 1 and nothing counted yet
+    assert st.epoch_metrics() == {"remember_rate": 1.0}
+    out = st.train_step(IDS, Y, IDS, 20)  # from epoch 20 on: all 5 disagreeing samples (R = 1) for both nets
+    out.loss.backward()
+    assert rows_with_grad(st.model) == rows_with_grad(st.peer) == {1, 3, 4, 6, 7}
+    assert st.epoch_metrics()["disagreement"] == pytest.approx(5 / 8)
+    st.on_epoch_start(5, 30)
+    assert st.epoch_metrics() == {"remember_rate": pytest.approx(1 - 0.4 * 5 / 10)}
+    st.zero_grad()
+    st.train_step(IDS, Y, IDS, 19).loss.backward()  # the last Co-Teaching epoch: R = 0.8 of the whole batch
+    assert "disagreement" not in st.epoch_metrics()
+    assert len(rows_with_grad(st.model)) == len(rows_with_grad(st.peer)) == int(0.8 * 8)
+
+
+def test_a_single_disagreeing_sample_trains_both_networks():
+    margins1, margins2 = [2.0, 1.0, -1.0], [3.0, 0.5, 1.0]  # only sample 2 is disputed
+    st = CoTeachingPlus(PerSampleLogits.from_margins(margins1), PerSampleLogits.from_margins(margins2),
+                        forget_rate=0.5, num_gradual=0, init_epoch=0)
+    st.on_epoch_start(0, 1)
+    out = st.train_step(torch.arange(3), torch.zeros(3, dtype=torch.long), torch.arange(3), 0)
+    out.loss.backward()
+    assert rows_with_grad(st.model) == rows_with_grad(st.peer) == {2}  # int(0.5 * 1) = 0 -> the one sample
+    assert out.loss.item() == pytest.approx(softplus(-1.0) + softplus(1.0), rel=1e-6)
+    assert st.epoch_metrics()["disagreement"] == pytest.approx(1 / 3)
+
+
+def test_an_agreeing_batch_counts_its_clean_samples_once_per_network_in_the_recall():
+    st = make(init_epoch=0)
+    st.on_epoch_start(0, 10)
+    agree, disputed = torch.tensor([0, 2, 5]), torch.tensor([1, 3, 4, 6, 7])
+    st.train_step(disputed, Y[disputed], disputed, 0)  # picks {3, 4, 6} and {1, 4, 7}, as above
+    st.train_step(agree, Y[agree], agree, 0)            # no disagreement: nothing kept
+    m = st.epoch_metrics()
+    # kept: 4 clean of 6; clean seen: (3 in the disputed batch + 3 in the agreeing one) x 2 selections
+    assert m["label_precision"] == pytest.approx(4 / 6)
+    assert m["label_recall"] == pytest.approx(4 / 12)
+    assert m["disagreement"] == pytest.approx(5 / 8)
+
+
+def test_a_batch_without_disagreement_has_zero_loss_even_when_every_loss_underflows_to_zero():
+    sure = [200.0] * 3  # CE = softplus(-200) = 0 exactly in float32
+    st = CoTeachingPlus(PerSampleLogits.from_margins(sure), PerSampleLogits.from_margins(sure), forget_rate=0.2,
+                        num_gradual=0, init_epoch=0)
+    st.on_epoch_start(0, 1)
+    out = st.train_step(torch.arange(3), torch.zeros(3, dtype=torch.long), torch.arange(3), 0)
+    out.loss.backward()
+    assert out.loss.item() == 0.0  # not 0 / 0
+    assert st.model.table.grad is not None and not st.model.table.grad.any() and not st.peer.table.grad.any()
+
+
+def test_train_accuracy_is_measured_on_net_1s_logits_in_every_phase():
+    for epoch, margins2 in ((1, MARGINS2), (2, MARGINS2), (2, MARGINS1)):  # co-teaching, disagreement, none
+        st = CoTeachingPlus(PerSampleLogits.from_margins(MARGINS1), PerSampleLogits.from_margins(margins2),
+                            forget_rate=0.4, num_gradual=0, init_epoch=2)
+        st.on_epoch_start(epoch, 10)
+        out = st.train_step(IDS, Y, IDS, epoch)
+        assert torch.equal(out.logits, st.model.table.detach()) and out.targets is None
+
+
+@pytest.mark.parametrize("make_it, prefix", [(lambda: make_config("coteach_plus", {"init_epoch": -1}),
+                                              "strategy 'coteach_plus': "), (lambda: make(init_epoch=-1), "")])
+def test_a_negative_init_epoch_is_refused_with_its_value(make_it, prefix):
+    with pytest.raises(UsageError) as info:
+        make_it()
+    assert str(info.value) == prefix + "init_epoch must be >= 0, got -1"
+
+
+def test_init_epoch_zero_is_valid_and_filters_from_the_first_epoch():
+    assert make_config("coteach_plus", {"init_epoch": 0}).init_epoch == 0
+    st = make(init_epoch=0)
+    step(st, epoch=0)
+    assert st.epoch_metrics()["disagreement"] == pytest.approx(5 / 8)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from coteach_helpers import FixedLogits, PerSampleLogits
 from robustlab.errors import UsageError
 from robustlab.strategies.coteaching import CoTeaching, EnsembleLogits, cross_update_indices, remember_rate
 
@@ -28,18 +29,6 @@ def test_cross_update_swaps_small_loss_picks():
     # net 2's three smallest losses are samples 4, 2, 0: net 1 learns from them, and vice versa.
     assert sorted(update1.tolist()) == [0, 2, 4]
     assert sorted(update2.tolist()) == [1, 2, 3]
-
-
-class FixedLogits(nn.Module):
-    """Returns preset logits for the batch regardless of input: makes losses hand-computable."""
-
-    def __init__(self, logits):
-        super().__init__()
-        self.logits = logits
-        self.scale = nn.Parameter(torch.ones(()))
-
-    def forward(self, x):
-        return self.logits * self.scale
 
 
 def test_train_step_loss_label_precision_and_ensemble():
@@ -102,17 +91,6 @@ def test_bf16_logits_are_ranked_in_float32():
 
 
 # ---- which samples drive which network's gradient, precision over many batches ----------------
-
-class PerSampleLogits(nn.Module):
-    """Logits from a per-sample parameter table: x holds the sample's row, so row i's gradient comes
-    from sample i alone and shows exactly which samples a network's loss used."""
-
-    def __init__(self, table):
-        super().__init__()
-        self.table = nn.Parameter(torch.as_tensor(table, dtype=torch.float32).clone())
-
-    def forward(self, x):
-        return self.table[x.view(-1).long()]
 
 
 def _two_nets():
@@ -277,3 +255,25 @@ def test_one_gradual_epoch_starts_from_keeping_everything_and_the_default_ramp_i
     st = CoTeaching(nn.Linear(1, 2), nn.Linear(1, 2), forget_rate=0.4, num_gradual=4)  # default exponent: linear
     st.on_epoch_start(1, 4)
     assert st.epoch_metrics()["remember_rate"] == pytest.approx(0.9)
+
+
+def test_constructor_defaults_are_the_papers_linear_ramp_over_ten_epochs():
+    from robustlab.strategies.coteaching import forget_rate
+
+    # Han et al. 2018: R(T) = 1 - tau * min(T / Tk, 1) with Tk = 10 (exponent c = 1)
+    st = CoTeaching(nn.Linear(1, 2), nn.Linear(1, 2), forget_rate=0.4)
+    assert (st.num_gradual, st.exponent) == (10, 1.0)
+    st.on_epoch_start(5, 20)
+    assert st.epoch_metrics()["remember_rate"] == pytest.approx(1 - 0.4 * 5 / 10)
+    assert forget_rate(2, 0.4, 4) == pytest.approx(0.4 * 2 / 4)  # forget_rate's own default is linear too
+
+
+def test_before_any_epoch_start_every_sample_is_kept():
+    # R = 1 until on_epoch_start sets the schedule: a step then is plain CE on both networks
+    net1, net2, y = _two_nets()
+    st = CoTeaching(net1, net2, forget_rate=0.5, num_gradual=0)
+    assert st.epoch_metrics() == {"remember_rate": 1.0}
+    out = st.train_step(torch.arange(6).float().view(6, 1), y, torch.arange(6), 0)
+    l1 = F.cross_entropy(net1.table.detach(), y)
+    l2 = F.cross_entropy(net2.table.detach(), y)
+    assert out.loss.item() == pytest.approx((l1 + l2).item(), rel=1e-6)

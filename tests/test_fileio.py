@@ -184,3 +184,157 @@ def test_config_hash_is_order_independent_and_value_sensitive():
     import hashlib
 
     assert config_hash({"a": 1}) == hashlib.sha1(b'{"a": 1}').hexdigest()[:12]
+
+
+# ---- the temporary file, nested folders, interrupts ---------------------------------------------
+
+def test_the_temporary_file_is_hidden_next_to_the_target_and_not_a_record(tmp_path):
+    # same folder (so the rename is atomic), a dot name ending in .tmp (so `*.json` globs skip it)
+    write_record(tmp_path, {"run_id": "old", "config": {}, "metrics": {}})
+    target = tmp_path / "records" / "new.json"
+    seen = {}
+
+    def write(f):
+        seen["listing"] = _folder_listing(target.parent)
+        seen["records"] = [r["run_id"] for r in load_records(tmp_path)]
+        f.write(b"{}")
+
+    fileio.atomic_write(target, write)
+    temps = [name for name in seen["listing"] if name != "old.json"]
+    assert len(temps) == 1 and temps[0].startswith(".new.json.") and temps[0].endswith(".tmp")
+    assert seen["records"] == ["old"]  # a record being written is never listed
+    assert _folder_listing(target.parent) == ["new.json", "old.json"]
+
+
+def test_missing_parent_folders_are_created_at_any_depth_and_an_existing_one_is_reused(tmp_path):
+    deep = tmp_path / "a" / "b" / "c" / "x.txt"
+    fileio.write_text(deep, "1")
+    fileio.write_text(deep.with_name("y.txt"), "2")  # the folder exists now
+    assert deep.read_text() == "1" and _folder_listing(deep.parent) == ["x.txt", "y.txt"]
+
+
+def test_an_interrupt_right_after_the_rename_propagates_unchanged(tmp_path, monkeypatch):
+    # Ctrl-C between the rename and the return: the temp file is already gone, the cleanup must not
+    # turn the KeyboardInterrupt into a FileNotFoundError.
+    real_replace = os.replace
+
+    def replace_then_interrupt(src, dst):
+        real_replace(src, dst)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fileio.os, "replace", replace_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        fileio.write_text(tmp_path / "n.txt", "new")
+    assert (tmp_path / "n.txt").read_text() == "new" and _folder_listing(tmp_path) == ["n.txt"]
+
+
+def test_an_interrupt_inside_the_writer_removes_the_temp_file(tmp_path):
+    def interrupted(f):
+        f.write(b"part")
+        raise KeyboardInterrupt  # a BaseException, not an Exception
+
+    with pytest.raises(KeyboardInterrupt):
+        fileio.atomic_write(tmp_path / "k.bin", interrupted)
+    assert _folder_listing(tmp_path) == []
+
+
+def test_text_and_bytes_are_written_exactly(tmp_path):
+    fileio.write_text(tmp_path / "u.txt", "π ≈ 3.14\n")
+    assert (tmp_path / "u.txt").read_bytes() == "π ≈ 3.14\n".encode()
+    fileio.atomic_write(tmp_path / "b.bin", lambda f: f.write(b"\x00\xff"))
+    assert (tmp_path / "b.bin").read_bytes() == b"\x00\xff"
+
+
+def test_a_file_that_is_not_utf8_is_named_as_corrupt(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_bytes(b'{"a": "\xff\xfe"}')
+    with pytest.raises(UsageError) as info:
+        fileio.read_json(path)
+    assert str(info.value) == f"{path} is corrupt or truncated (UnicodeDecodeError); delete it to recompute"
+
+
+# ---- checkpoints: device mapping, weights_only regardless of the environment --------------------
+
+def test_a_checkpoint_is_mapped_to_the_requested_device_and_to_the_cpu_by_default(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"strategy": {"w": torch.arange(3.0)}, "epoch": 4})
+    assert load_checkpoint(path)["strategy"]["w"].device == torch.device("cpu")
+    meta = load_checkpoint(path, map_location="meta")  # the engine passes its device on resume
+    assert meta["strategy"]["w"].device.type == "meta" and meta["strategy"]["w"].shape == (3,)
+    assert meta["epoch"] == 4
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_even_when_the_environment_allows_unsafe_loads(
+        tmp_path, monkeypatch):
+    # torch.load honours TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD only when weights_only is not passed:
+    # load_checkpoint passes weights_only=True explicitly.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    path = tmp_path / "evil.pt"
+    torch.save({"strategy": {}, "payload": RunsCode()}, path)
+    with pytest.raises(UsageError, match="is unreadable or corrupt"):
+        load_checkpoint(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_folder_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(UsageError) as info:
+        load_checkpoint(tmp_path)
+    assert str(info.value) == f"checkpoint {tmp_path} does not exist"
+
+
+# ---- records: partial or non-object files, the environment block, hashing any value -------------
+
+@pytest.mark.parametrize("content", [[1, 2], {"run_id": "r", "metrics": {}}, {"run_id": "r", "config": {}},
+                                     {"config": {}, "metrics": {}}])
+def test_a_record_that_is_not_an_object_with_run_id_config_and_metrics_is_refused(tmp_path, content):
+    path = tmp_path / "records" / "r.json"
+    fileio.write_json(path, content)
+    with pytest.raises(UsageError) as info:
+        read_record(path)
+    assert str(info.value) == f"{path} is not a complete run record; delete it to recompute the run"
+    extra = {"run_id": "r", "config": {}, "metrics": {}, "notes": "more keys are fine"}
+    fileio.write_json(path, extra)
+    assert read_record(path) == extra == find_record(tmp_path, "r")
+
+
+def test_config_hash_of_values_json_cannot_encode_uses_their_text(tmp_path):
+    import hashlib
+
+    expected = hashlib.sha1(json.dumps({"dir": str(tmp_path)}).encode()).hexdigest()[:12]
+    assert config_hash({"dir": tmp_path}) == expected == config_hash({"dir": str(tmp_path)})
+
+
+def _fake_platform(monkeypatch, processor):
+    """Fixed platform answers, and stand-in timm / torchvision modules (importing timm takes seconds)."""
+    import sys
+    import types
+
+    from robustlab import records
+
+    monkeypatch.setitem(sys.modules, "timm", types.SimpleNamespace(__version__="timm-v"))
+    monkeypatch.setitem(sys.modules, "torchvision", types.SimpleNamespace(__version__="tv-v"))
+    monkeypatch.setattr(records.platform, "processor", lambda: processor)
+    monkeypatch.setattr(records.platform, "machine", lambda: "machine-arch")
+    monkeypatch.setattr(records.platform, "node", lambda: "node-name")
+    monkeypatch.setattr(records.platform, "python_version", lambda: "3.99.1")
+
+
+@pytest.mark.parametrize("processor, device", [("cpu-model", "cpu-model"), ("", "machine-arch")])
+def test_environment_names_versions_host_and_the_cpu_without_cuda(monkeypatch, processor, device):
+    from robustlab.records import environment
+
+    _fake_platform(monkeypatch, processor)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: pytest.fail("no CUDA device to name"))
+    assert environment() == {"python": "3.99.1", "torch": torch.__version__, "torchvision": "tv-v",
+                             "timm": "timm-v", "device": device, "host": "node-name"}
+
+
+def test_environment_names_the_first_cuda_device(monkeypatch):
+    from robustlab.records import environment
+
+    _fake_platform(monkeypatch, "cpu-model")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"GPU #{i}")
+    assert environment()["device"] == "GPU #0"

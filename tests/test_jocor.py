@@ -6,32 +6,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from coteach_helpers import PerSampleLogits, rows_with_grad, softplus
 from noisy_toy import fit_toy
 from robustlab.errors import UsageError
 from robustlab.models import create_model
 from robustlab.strategies import BuildContext, create_strategy, make_config
 from robustlab.strategies.jocor import JoCoR, joint_loss, symmetric_kl
-
-
-class PerSampleLogits(nn.Module):
-    """Logits looked up per sample id (the input): a row receives gradient only if that sample is used."""
-
-    def __init__(self, margins):
-        super().__init__()
-        self.table = nn.Parameter(torch.tensor([[m, 0.0] for m in margins]))
-
-    def forward(self, ids):
-        return self.table[ids]
-
-
-def rows_with_grad(net):
-    return set(torch.nonzero(net.table.grad.abs().sum(1)).squeeze(1).tolist())
-
-
-def softplus(m):
-    return math.log1p(math.exp(-m))
 
 
 def test_co_regularisation_is_zero_for_equal_predictions_and_symmetric_kl_by_hand():
@@ -81,7 +62,7 @@ IDS = torch.arange(6)
 
 
 def make(**kwargs):
-    return JoCoR(PerSampleLogits(MARGINS1), PerSampleLogits(MARGINS2), forget_rate=0.5, num_gradual=0, **kwargs)
+    return JoCoR(PerSampleLogits.from_margins(MARGINS1), PerSampleLogits.from_margins(MARGINS2), forget_rate=0.5, num_gradual=0, **kwargs)
 
 
 def test_both_nets_learn_only_from_the_samples_with_the_smallest_joint_loss():
@@ -99,14 +80,14 @@ def test_both_nets_learn_only_from_the_samples_with_the_smallest_joint_loss():
 
 
 def test_at_least_one_sample_is_kept():
-    st = JoCoR(PerSampleLogits(MARGINS1), PerSampleLogits(MARGINS2), forget_rate=0.9, num_gradual=0)  # int(0.1 * 6) = 0
+    st = JoCoR(PerSampleLogits.from_margins(MARGINS1), PerSampleLogits.from_margins(MARGINS2), forget_rate=0.9, num_gradual=0)  # int(0.1 * 6) = 0
     st.on_epoch_start(0, 1)
     st.train_step(IDS, Y, IDS, 0).loss.backward()
     assert rows_with_grad(st.model) == rows_with_grad(st.peer) == {0}  # the smallest joint loss
 
 
 def test_co_regularisation_sends_gradient_into_both_networks():
-    st = JoCoR(PerSampleLogits([2.0]), PerSampleLogits([-1.0]), forget_rate=0.0, num_gradual=0, co_lambda=1.0)
+    st = JoCoR(PerSampleLogits.from_margins([2.0]), PerSampleLogits.from_margins([-1.0]), forget_rate=0.0, num_gradual=0, co_lambda=1.0)
     st.on_epoch_start(0, 1)
     out = st.train_step(torch.arange(1), torch.zeros(1, dtype=torch.long), torch.arange(1), 0)
     out.loss.backward()
@@ -150,3 +131,50 @@ def test_cli_runs_jocor_with_a_strategy_option(tiny_cifar10, tmp_path):
     assert options["forget_rate"] == pytest.approx(record["noise"]["realized_rate"])  # the default forget rate
     assert 0 < options["forget_rate"] <= 0.3
     assert {"label_precision", "label_recall"} <= set(record["history"][0])
+
+
+def test_constructor_defaults_lambda_0_9_and_the_linear_ramp_over_ten_epochs():
+    st = JoCoR(PerSampleLogits.from_margins(MARGINS1), PerSampleLogits.from_margins(MARGINS2), forget_rate=0.5)
+    assert (st.co_lambda, st.num_gradual, st.exponent) == (0.9, 10, 1.0)
+    assert st.epoch_metrics() == {"remember_rate": 1.0}
+    st.on_epoch_start(4, 20)
+    assert st.epoch_metrics() == {"remember_rate": pytest.approx(1 - 0.5 * 4 / 10)}  # 0.8 of 6 -> 4 kept
+    out = st.train_step(IDS, Y, IDS, 4)
+    per_sample = 0.1 * 2 * torch.tensor([softplus(m) for m in MARGINS1]) + 0.9 * official_co_reg(
+        st.model.table.detach(), st.peer.table.detach())
+    # joint losses (see MARGINS1): the four smallest are samples 0, 2, 3, 5
+    assert torch.argsort(per_sample)[:4].sort().values.tolist() == [0, 2, 3, 5]
+    assert out.loss.item() == pytest.approx(per_sample[[0, 2, 3, 5]].mean().item(), rel=1e-5)
+
+
+def test_the_co_regularisation_uses_the_class_dimension_without_warnings():
+    import warnings
+
+    g = torch.Generator().manual_seed(2)
+    y1, y2 = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. torch's "implicit dimension choice" deprecation
+        got = symmetric_kl(y1, y2)
+    assert torch.allclose(got, official_co_reg(y1, y2), rtol=1e-5, atol=1e-6)
+
+
+def test_train_accuracy_is_measured_on_net_1s_logits():
+    st = make()
+    st.on_epoch_start(0, 1)
+    out = st.train_step(IDS, Y, IDS, 0)
+    assert torch.equal(out.logits, st.model.table.detach()) and out.targets is None
+
+
+@pytest.mark.parametrize("co_lambda", [0.0, 1.0])
+def test_co_lambda_edges_are_valid(co_lambda):
+    # 0: two independent CE losses on the joint small-loss samples; 1: pure co-regularisation
+    assert make_config("jocor", {"co_lambda": co_lambda}).co_lambda == co_lambda
+    assert make(co_lambda=co_lambda).co_lambda == co_lambda
+
+
+@pytest.mark.parametrize("make_it, prefix", [(lambda: make_config("jocor", {"co_lambda": 1.5}), "strategy 'jocor': "),
+                                             (lambda: make(co_lambda=1.5), "")])
+def test_co_lambda_outside_0_1_is_refused_with_its_value(make_it, prefix):
+    with pytest.raises(UsageError) as info:
+        make_it()
+    assert str(info.value) == prefix + "co_lambda must be in [0, 1], got 1.5"

@@ -94,9 +94,8 @@ class CoTeaching(Strategy):
         require(exponent > 0, f"exponent must be > 0, got {exponent}")
         self.model, self.peer = model, peer
         self.tau, self.num_gradual, self.exponent = forget_rate, num_gradual, exponent
-        self.clean_labels = clean_labels  # a plain tensor: DDP must not broadcast it every step
         self._remember = 1.0
-        self.selection = SelectionMeter(clean_labels)
+        self.selection = SelectionMeter(clean_labels)  # measurement only, never used to train
 
     @classmethod
     def build(cls, config: CoTeachingConfig, ctx):
