@@ -148,7 +148,7 @@ def speckle_noise(x, std, generator):
 def _disk_kernel(radius: float, alias_blur: float) -> torch.Tensor:
     """Normalized disk of `radius`, anti-aliased by a 3x3 Gaussian of std `alias_blur`."""
     r = math.ceil(radius) + 1  # one spare ring for the 3x3 anti-aliasing blur to spread into
-    t = torch.arange(-r, r + 1, dtype=torch.float64)
+    t = torch.arange(-r, r + 1)
     disk = ((t[None, :] ** 2 + t[:, None] ** 2) <= radius**2).double()
     disk /= disk.sum()
     g = _gaussian_1d(alias_blur, 1)
