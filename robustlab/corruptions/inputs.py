@@ -278,8 +278,7 @@ def jpeg_compression(x, quality, generator):
 def _jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
-    buffer.seek(0)
-    return np.asarray(Image.open(buffer))
+    return np.asarray(Image.open(buffer))  # Image.open reads from the start of the buffer
 
 
 @_register("pixelate", (0.95, 0.9, 0.85, 0.75, 0.65))
@@ -303,7 +302,7 @@ def _box_resize_matrix(size_in: int, size_out: int) -> torch.Tensor:
     """
     scale = size_in / size_out
     centre = (torch.arange(size_out, dtype=torch.float64)[:, None] + 0.5) * scale
-    offset = (torch.arange(size_in, dtype=torch.float64)[None, :] + 0.5 - centre) / max(scale, 1.0)
+    offset = (torch.arange(size_in)[None, :] + 0.5 - centre) / max(scale, 1.0)  # float64, as centre
     weights = ((offset > -0.5) & (offset <= 0.5)).double()
     return weights / weights.sum(dim=1, keepdim=True)
 

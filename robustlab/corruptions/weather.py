@@ -134,7 +134,7 @@ def spatter(x, params, generator):
 
 def _mask_edges(mask: torch.Tensor) -> torch.Tensor:
     """Pixels of `mask` (N, 1, H, W) with a 4-neighbour outside it (the drop outlines)."""
-    outside = ops.pad((~mask).to(torch.uint8), 1, 1, "edge").bool()
+    outside = ops.pad(~mask, 1, 1, "edge")
     touches = outside[..., :-2, 1:-1] | outside[..., 2:, 1:-1] | outside[..., 1:-1, :-2] | outside[..., 1:-1, 2:]
     return mask & touches
 
@@ -166,7 +166,7 @@ def _equalize_hist(x: torch.Tensor) -> torch.Tensor:
     first = cdf.gt(0).float().argmax(1, keepdim=True)
     low = hist.gather(1, first)
     total = cdf[:, -1:]
-    lut = ((cdf - low) * 255 / (total - low).clamp(min=1)).round().clamp(0, 255)
+    lut = ((cdf - low) * 255 / (total - low).clamp(min=1)).round()  # in 0..255 at every value present
     out = lut.gather(1, v).reshape(x.shape)
     constant = (total == low).view(n, 1, 1, 1)
     return torch.where(constant, x, out)
