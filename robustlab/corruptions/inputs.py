@@ -229,7 +229,9 @@ def fog(x, strength_and_decay, generator):
 def _plasma_fractal(n: int, size: int, decay: float, like: torch.Tensor, generator) -> torch.Tensor:
     """(n, size, size) diamond-square height maps scaled to [0, 1]; roughness falls with `decay`."""
     grid = torch.zeros(n, size, size, dtype=like.dtype, device=like.device)
-    step, wibble = size, 100.0
+    step = size
+    # equivalent: the map is min-max normalized at the end, so the first wibble only scales it
+    wibble = 100.0  # pragma: no mutate
 
     def wibbled_mean(total: torch.Tensor) -> torch.Tensor:
         jitter = _rand(total.shape, like, generator) * 2 - 1  # uniform(-1, 1)
