@@ -842,3 +842,15 @@ def test_helpers_stay_on_the_images_device():
         assert out.device.type == "meta", name
     assert outputs["pad"].shape == (2, 3, 10, 13) and outputs["distance_to"].dtype == F64
     assert outputs["equalize_hist"].shape == (2, 1, 6, 7) and outputs["plasma_fractal"].shape == (2, 8, 8)
+
+
+def test_sampling_and_motion_blur_work_in_the_images_dtype():
+    x = rand_images(1, 2, 5, 6, dtype=torch.float32)
+    rows = torch.rand(1, 5, 6, dtype=F64, generator=seeded(1)) * 8 - 1.5  # float64 coordinates
+    cols = torch.rand(1, 5, 6, dtype=F64, generator=seeded(2)) * 9 - 1.5
+    out = ops.sample_bilinear(x, rows, cols, "edge")
+    assert out.dtype == torch.float32
+    assert torch.allclose(out.double(), ops.sample_bilinear(x.double(), rows, cols, "edge"), atol=1e-6, rtol=0)
+    blurred = ops.motion_blur(x, 3, 1.5, torch.tensor([20.0, -30.0])[:1])
+    assert blurred.dtype == torch.float32
+    assert torch.allclose(blurred.double(), ops.motion_blur(x.double(), 3, 1.5, torch.tensor([20.0])), atol=1e-6, rtol=0)
