@@ -37,12 +37,17 @@ def randint(low: int, high: int, shape, like: torch.Tensor, generator: torch.Gen
 
 # ---- borders ----------------------------------------------------------------------------------
 
+BORDERS = ("edge", "symmetric", "reflect101")
+
+
 def fold_index(idx: torch.Tensor, n: int, border: str) -> torch.Tensor:
     """Map integer indices (any range) into 0..n-1 by the border rule.
 
     symmetric: d c b a | a b c d (scipy's and skimage's 'reflect'); reflect101: d c b | a b c d
     (OpenCV's default, torch's 'reflect'); edge: a a a | a b c d (scipy 'nearest', 'replicate').
     """
+    if border not in BORDERS:
+        raise ValueError(f"unknown border {border!r}; expected one of {', '.join(BORDERS)}")
     if border == "edge" or n == 1:
         return idx.clamp(0, n - 1)
     period = 2 * n if border == "symmetric" else 2 * n - 2
@@ -81,8 +86,9 @@ def gaussian_filter(x: torch.Tensor, sigma: float, border: str = "edge", truncat
 
 
 def box_blur3(x: torch.Tensor) -> torch.Tensor:
-    """OpenCV's blur(x, (3, 3)): 3x3 mean, reflect101 border."""
-    return correlate(x, torch.full((3, 3), 1 / 9, dtype=torch.float64), "reflect101")
+    """OpenCV's blur(x, (3, 3)): 3x3 mean, reflect101 border. The sum is divided by 9 (not summed
+    in ninths) so that the mean of equal integers is that integer, as OpenCV's is."""
+    return correlate(x, torch.ones(3, 3), "reflect101") / 9
 
 
 # ---- sampling ---------------------------------------------------------------------------------

@@ -45,11 +45,10 @@ def _warp_affine(x: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch
     """out(p) = x(A^-1 (p - b)) for the affine map p -> A p + b sending the points `src` to `dst`
     ((N, 3, 2) as (x, y)), bilinear with a reflect-101 border."""
     n, _, h, w = x.shape
-    ones = torch.ones(n, 3, 1, dtype=src.dtype, device=src.device)
-    m = torch.linalg.solve(torch.cat([src, ones], dim=2), dst).transpose(1, 2)  # (N, 2, 3): [A | b]
+    m = torch.linalg.solve(torch.cat([src, torch.ones_like(src[..., :1])], dim=2), dst).transpose(1, 2)  # (N, 2, 3): [A | b]
     inv = torch.linalg.inv(m[:, :, :2])
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=src.dtype, device=src.device),
-                            torch.arange(w, dtype=src.dtype, device=src.device), indexing="ij")
+    xx, yy = torch.meshgrid(torch.arange(w, dtype=src.dtype, device=src.device),
+                            torch.arange(h, dtype=src.dtype, device=src.device), indexing="xy")  # (H, W) each
     p = torch.stack([xx, yy]).reshape(1, 2, -1) - m[:, :, 2:]  # (N, 2, H*W)
     q = (inv @ p).reshape(n, 2, h, w)
     return ops.sample_bilinear(x, q[:, 1], q[:, 0], "reflect101")

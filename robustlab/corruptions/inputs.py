@@ -148,7 +148,7 @@ def speckle_noise(x, std, generator):
 def _disk_kernel(radius: float, alias_blur: float) -> torch.Tensor:
     """Normalized disk of `radius`, anti-aliased by a 3x3 Gaussian of std `alias_blur`."""
     r = math.ceil(radius) + 1  # one spare ring for the 3x3 anti-aliasing blur to spread into
-    t = torch.arange(-r, r + 1, dtype=torch.float64)
+    t = torch.arange(-r, r + 1)
     disk = ((t[None, :] ** 2 + t[:, None] ** 2) <= radius**2).double()
     disk /= disk.sum()
     g = _gaussian_1d(alias_blur, 1)
@@ -229,7 +229,9 @@ def fog(x, strength_and_decay, generator):
 def _plasma_fractal(n: int, size: int, decay: float, like: torch.Tensor, generator) -> torch.Tensor:
     """(n, size, size) diamond-square height maps scaled to [0, 1]; roughness falls with `decay`."""
     grid = torch.zeros(n, size, size, dtype=like.dtype, device=like.device)
-    step, wibble = size, 100.0
+    step = size
+    # equivalent: the map is min-max normalized at the end, so the first wibble only scales it
+    wibble = 100.0  # pragma: no mutate
 
     def wibbled_mean(total: torch.Tensor) -> torch.Tensor:
         jitter = _rand(total.shape, like, generator) * 2 - 1  # uniform(-1, 1)
@@ -278,8 +280,7 @@ def jpeg_compression(x, quality, generator):
 def _jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
-    buffer.seek(0)
-    return np.asarray(Image.open(buffer))
+    return np.asarray(Image.open(buffer))  # Image.open reads from the start of the buffer
 
 
 @_register("pixelate", (0.95, 0.9, 0.85, 0.75, 0.65))
@@ -303,7 +304,7 @@ def _box_resize_matrix(size_in: int, size_out: int) -> torch.Tensor:
     """
     scale = size_in / size_out
     centre = (torch.arange(size_out, dtype=torch.float64)[:, None] + 0.5) * scale
-    offset = (torch.arange(size_in, dtype=torch.float64)[None, :] + 0.5 - centre) / max(scale, 1.0)
+    offset = (torch.arange(size_in)[None, :] + 0.5 - centre) / max(scale, 1.0)  # float64, as centre
     weights = ((offset > -0.5) & (offset <= 0.5)).double()
     return weights / weights.sum(dim=1, keepdim=True)
 

@@ -68,7 +68,7 @@ def frost(x, weights, generator):
     The textures are the generator's frost1-5 images downscaled by 0.2 (as make_cifar_c.py does
     before cropping), shipped in robustlab/corruptions/frost (Apache-2.0, see NOTICE there). Each
     image gets texture randint(5) and a crop at a uniform offset, as in the generator. Images must
-    fit in the smallest texture (63 x 97 pixels).
+    be smaller than every texture: at most 62 x 104 pixels (H x W).
     """
     _rgb_only(x, "frost")
     image_weight, frost_weight = weights
@@ -125,7 +125,7 @@ def spatter(x, params, generator):
     dist = _equalize_hist(dist)
     emboss = torch.tensor([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], dtype=torch.float64)
     dist = ops.correlate(dist, emboss, "reflect101").round().clamp(0, 255)  # filter2D to CV_8U saturates
-    dist = ops.box_blur3(dist)
+    dist = ops.box_blur3(dist).round()  # blur of an 8-bit image: rounded to 8 bits
     m = liquid8 / 255 * dist
     m = m / m.amax(dim=(2, 3), keepdim=True).clamp(min=1e-12) * strength
     turquoise = torch.tensor((175, 238, 238), dtype=x.dtype, device=x.device).view(1, 3, 1, 1) / 255
@@ -134,7 +134,7 @@ def spatter(x, params, generator):
 
 def _mask_edges(mask: torch.Tensor) -> torch.Tensor:
     """Pixels of `mask` (N, 1, H, W) with a 4-neighbour outside it (the drop outlines)."""
-    outside = ops.pad((~mask).to(torch.uint8), 1, 1, "edge").bool()
+    outside = ops.pad(~mask, 1, 1, "edge")
     touches = outside[..., :-2, 1:-1] | outside[..., 2:, 1:-1] | outside[..., 1:-1, :-2] | outside[..., 1:-1, 2:]
     return mask & touches
 
@@ -144,16 +144,16 @@ def _distance_to(edges: torch.Tensor) -> torch.Tensor:
     images without edges get a large distance."""
     n, _, h, w = edges.shape
     big = float(h * h + w * w) * 4
-    r = torch.arange(h, device=edges.device, dtype=torch.float64)
-    c = torch.arange(w, device=edges.device, dtype=torch.float64)
+    r = torch.arange(h, device=edges.device)
+    c = torch.arange(w, device=edges.device)
     e = edges[:, 0]
     # pass 1, along rows: d1[n, i, j] = min over k with an edge at (k, j) of (i - k)^2
-    cost = torch.where(e[:, None, :, :], 0.0, big)  # (N, 1, K, W)
+    cost = torch.where(e[:, None, :, :], 0.0, big).double()  # (N, 1, K, W); float64 from here on
     d1 = ((r[:, None] - r[None, :]) ** 2)[None, :, :, None] + cost  # (N, I, K, W)
     d1 = d1.amin(dim=2)  # (N, I, W)
     # pass 2, along columns: d[n, i, j] = min over l of d1[n, i, l] + (j - l)^2
     d = (d1[:, :, None, :] + ((c[:, None] - c[None, :]) ** 2)[None, None]).amin(dim=3)
-    return d.sqrt()[:, None].to(torch.float64)
+    return d.sqrt()[:, None]
 
 
 def _equalize_hist(x: torch.Tensor) -> torch.Tensor:
@@ -166,7 +166,7 @@ def _equalize_hist(x: torch.Tensor) -> torch.Tensor:
     first = cdf.gt(0).float().argmax(1, keepdim=True)
     low = hist.gather(1, first)
     total = cdf[:, -1:]
-    lut = ((cdf - low) * 255 / (total - low).clamp(min=1)).round().clamp(0, 255)
+    lut = ((cdf - low) * 255 / (total - low).clamp(min=1)).round()  # in 0..255 at every value present
     out = lut.gather(1, v).reshape(x.shape)
     constant = (total == low).view(n, 1, 1, 1)
     return torch.where(constant, x, out)
