@@ -223,3 +223,19 @@ def test_input_errors_have_their_own_message():
             instance_transition_rows(images[:1], np.array(bad), 10, 0.3, 0)
     probs, _ = instance_transition_rows(images[:2], np.array([0, 9]), 10, 0.3, 0)  # 0 and C - 1 are labels
     assert probs.shape == (2, 10)
+
+
+def test_defaults_are_seed_0_and_the_official_norm_std():
+    images, labels = _data(200)
+    expected = official_get_instance_noisy_label(0.35, images, labels, 10, 0.1, 0)
+    np.testing.assert_array_equal(instance_dependent_labels(images, labels, 10, 0.35), expected)
+    probs, _ = instance_transition_rows(images, labels, 10, 0.35, seed=0)
+    np.testing.assert_array_equal(probs, instance_transition_rows(images, labels, 10, 0.35, 0, norm_std=0.1)[0])
+    assert instance.expected_instance_rate(0.35) == instance.expected_instance_rate(0.35, 0.1)
+
+
+def test_images_may_be_a_tensor_that_requires_grad():
+    images, labels = _data(60, shape=(5,))
+    x = torch.tensor(images, dtype=torch.float64, requires_grad=True)  # np.asarray alone would refuse it
+    np.testing.assert_array_equal(instance_dependent_labels(x, labels, 10, 0.3, 1),
+                                  official_get_instance_noisy_label(0.3, images.astype(np.float64), labels, 10, 0.1, 1))

@@ -355,6 +355,9 @@ def test_parse_noise_type_forms_and_messages():
     with pytest.raises(UsageError, match=_exact(
             "unknown human label set 'best'; CIFAR-10N: aggre, random1, random2, random3, worst; CIFAR-100N: noisy")):
         dn.parse_noise_type("transition:human:best")
+    with pytest.raises(UsageError, match=_exact(
+            "unknown human label set 'aggre:x'; CIFAR-10N: aggre, random1, random2, random3, worst; CIFAR-100N: noisy")):
+        dn.parse_noise_type("human:aggre:x")  # everything after the first colon is the set's name
 
 
 def test_is_dataset_noise():

@@ -87,8 +87,7 @@ def instance_transition_rows(images: Any, labels: np.ndarray, num_classes: int, 
 def instance_dependent_labels(images: Any, labels: Any, num_classes: int, rate: float, seed: int = 0,
                               norm_std: float = NORM_STD) -> np.ndarray:
     """Noisy int64 labels under the IDN generator (see module docstring); deterministic per seed."""
-    clean = labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-    probs, rs = instance_transition_rows(images, clean, num_classes, rate, seed, norm_std)
+    probs, rs = instance_transition_rows(images, labels, num_classes, rate, seed, norm_std)  # any array-like labels
     return sample_rows(probs, rs.random_sample(len(probs)))
 
 
