@@ -468,6 +468,9 @@ def test_user_label_file_array_choice(tmp_path):
     torch.save({"clean_label": clean}, path)
     with pytest.raises(UsageError, match=_exact(f"{path} holds no noisy labels, only clean_label")):
         dn._user_labels(path, clean, 3)
+    torch.save({"clean_label": clean, "clean_coarse_label": clean}, path)
+    with pytest.raises(UsageError, match=_exact(f"{path} holds no noisy labels, only clean_coarse_label, clean_label")):
+        dn._user_labels(path, clean, 3)
 
 
 def test_user_label_file_is_checked_against_the_dataset(tmp_path):
@@ -529,7 +532,7 @@ def test_apply_dataset_noise_follows_the_original_index(tmp_path):
     train = _train_set(n=40, classes=4)
     clean = train.labels.numpy()
     noisy = (clean + 1) % 4
-    noisy[::2] = clean[::2]  # half noisy, on even positions only
+    noisy[::4] = clean[::4]  # three quarters noisy
     path = tmp_path / "n.npy"
     np.save(path, noisy)
     train_index, val_index = np.arange(40)[::-1][:30].copy(), np.arange(10)
@@ -542,8 +545,11 @@ def test_apply_dataset_noise_follows_the_original_index(tmp_path):
         assert report["realized_rate"] == pytest.approx(np.mean(noisy[train_index] != clean[train_index]))
         np.testing.assert_allclose(report["transition"], _count_matrix(clean[train_index], noisy[train_index], 4))
         assert report["num_classes"] == 4 and report["noise_type"] == "file"
-        assert report["full_set_rate"] == pytest.approx(0.5)
+        assert report["full_set_rate"] == pytest.approx(0.75)
         assert report["source"] == "file" and report["label_file"] == str(path)
+    splits = _splits(train, train_index, val_index)  # by default validation keeps its clean labels
+    dn.apply_dataset_noise(splits, train, "file", 0.0, 0, "toy", None, noise_file=path)
+    np.testing.assert_array_equal(splits.val.labels.numpy(), clean[val_index])
     # the noisy array is not shared with the split's tensor
     splits = _splits(train, train_index, None)
     dn.apply_dataset_noise(splits, train, "file", 0.0, 0, "toy", None, noise_file=path, noisy_val=True)
