@@ -344,3 +344,232 @@ def test_cifar100n_on_the_torchvision_pickles(tmp_path):
     np.testing.assert_array_equal(data.splits.train.labels.numpy(), noisy[data.splits.train_index])
     assert data.noise["realized_rate"] == pytest.approx(np.mean(noisy != fine))
     assert len(data.noise["transition"]) == 100
+
+
+# ---------------------------------------------------------------------------------------------
+# the mapping pieces one by one, on a folder of empty files (only the names matter)
+
+
+import hashlib  # noqa: E402
+import re  # noqa: E402
+
+from robustlab.corruptions import human  # noqa: E402
+
+
+def _exact(message: str) -> str:
+    return "^" + re.escape(message) + "$"
+
+
+def test_label_sets_and_their_families():
+    assert human.LABEL_SETS == {"aggre": ("cifar10", "aggre_label"), "random1": ("cifar10", "random_label1"),
+                                "random2": ("cifar10", "random_label2"), "random3": ("cifar10", "random_label3"),
+                                "worst": ("cifar10", "worse_label"), "noisy": ("cifar100", "noisy_label")}
+    for name in ("aggre", "random1", "random2", "random3", "worst"):
+        assert human.check_label_set(name) == "cifar10"
+    assert human.check_label_set("noisy") == "cifar100"
+    for bad in ("best", "", "Aggre", "noisy_label"):
+        with pytest.raises(UsageError, match=_exact(f"unknown human label set {bad!r}; CIFAR-10N: aggre, random1, "
+                                                    "random2, random3, worst; CIFAR-100N: noisy")):
+            human.check_label_set(bad)
+    assert human.CIFAR_N_FILES == {"cifar10": "CIFAR-10_human.pt", "cifar100": "CIFAR-100_human.pt"}
+    # Wei et al. 2022 (and shared/data/README.md): fraction differing from clean_label, without the files
+    assert human.PUBLISHED_RATES == {"aggre": 0.0901, "random1": 0.1723, "random2": 0.1812, "random3": 0.1764,
+                                     "worst": 0.4021, "noisy": 0.4020}
+    assert human.CIFAR_N_FOLDER == "cifar-n"
+    assert human.TORCHVISION_FOLDERS == {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+    assert human.CIFAR10_CLASSES == sorted(human.CIFAR10_CLASSES) and len(human.CIFAR10_CLASSES) == 10
+
+
+def test_locate_dataset_follows_the_loaders_search_order(tmp_path, monkeypatch):
+    base = tmp_path / "d"
+    tv = human.locate_dataset("cifar10", base)  # nothing there: the torchvision folder (to download)
+    assert (tv.kind, tv.root, tv.name) == ("torchvision", base / "cifar-10-batches-py", "cifar10")
+    assert tv.cifar_n_dir == base / "cifar-n"
+    (base / "cifar10" / "train").mkdir(parents=True)
+    folder = human.locate_dataset("cifar10", str(base))
+    assert (folder.kind, folder.root) == ("imagefolder", base / "cifar10")
+    assert folder.cifar_n_dir == base / "cifar-n"
+    (base / "cifar-10-batches-py").mkdir()  # the pickles win when both are there
+    assert human.locate_dataset("cifar10", base).kind == "torchvision"
+    assert human.locate_dataset("cifar100", base).root == base / "cifar-100-python"
+    (base / "cifar100").mkdir()  # a folder without train/ is not an image folder
+    assert human.locate_dataset("cifar100", base).kind == "torchvision"
+    (base / "svhn" / "train").mkdir(parents=True)  # only CIFAR names have an image-folder form
+    assert (human.locate_dataset("svhn", base).kind, human.locate_dataset("svhn", base).root) == ("torchvision", base / "svhn")
+    monkeypatch.setenv("ROBUSTLAB_DATA", str(base))  # no data_dir: the default one
+    assert human.locate_dataset("cifar10", None).root == base / "cifar-10-batches-py"
+    assert human.locate_dataset("cifar10", "").root == base / "cifar-10-batches-py"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    mine = human.locate_dataset("imagefolder:~/pics:x", base)
+    assert (mine.kind, mine.root, mine.name) == ("imagefolder", tmp_path / "pics:x", "imagefolder:~/pics:x")
+    assert mine.cifar_n_dir == tmp_path / "cifar-n"
+
+
+def test_dataset_family():
+    assert human.dataset_family("cifar10", ["x"]) == "cifar10"
+    assert human.dataset_family("cifar100", []) == "cifar100"
+    assert human.dataset_family("imagefolder:/a", tuple(CIFAR10_CLASSES)) == "cifar10"
+    assert human.dataset_family("imagefolder:/a", CIFAR10_CLASSES[:9]) is None
+    assert human.dataset_family("svhn", CIFAR10_CLASSES) is None  # CIFAR classes, but not an image folder
+
+
+def _empty_folder(root: Path, counts: dict[int, list[str]]) -> Path:
+    for c, name in enumerate(CIFAR10_CLASSES):
+        d = root / "train" / name
+        d.mkdir(parents=True, exist_ok=True)
+        for stem in counts.get(c, []):
+            (d / stem).write_bytes(b"")
+    return root
+
+
+def test_image_folder_files_in_loader_order(tmp_path):
+    counts = {c: ["0000.png"] for c in range(1, 9)}
+    root = _empty_folder(tmp_path / "f", {**counts, 0: ["0001.png", "0000.jpg", "notes.txt"], 9: ["0000.JPEG", "0001.bmp"]})
+    files = human.image_folder_train_files(root)
+    assert [(Path(p).relative_to(root / "train").as_posix(), c) for p, c in files] == [
+        ("airplane/0000.jpg", 0), ("airplane/0001.png", 0), *((f"{CIFAR10_CLASSES[c]}/0000.png", c) for c in range(1, 9)),
+        ("truck/0000.JPEG", 9), ("truck/0001.bmp", 9)]
+
+
+def test_original_index_rule_and_its_messages(tmp_path):
+    classes = ["a", "b"]
+    file_clean = np.array([1, 0, 1, 1, 0])  # class 0 at 1, 4; class 1 at 0, 2, 3
+    files = [("x/a/0001.png", 0), ("x/a/0000.png", 0), ("x/b/0002.png", 1), ("x/b/0000.png", 1), ("x/b/0001.png", 1)]
+    np.testing.assert_array_equal(human.original_index(files, file_clean, classes, Path("f.pt")), [4, 1, 3, 0, 2])
+    src = Path("s/f.pt")
+    with pytest.raises(UsageError, match=_exact(f"clean labels in {src} do not match the dataset: class 'b' has 2 training "
+                                                "images, the file has 3 images of that class (wrong file or dataset?)")):
+        human.original_index(files[:4], file_clean, classes, src)
+    with pytest.raises(UsageError, match=_exact(f"clean labels in {src} do not match the dataset: class 'a' has 3 training "
+                                                "images, the file has 2 images of that class (wrong file or dataset?)")):
+        human.original_index([*files, ("x/a/0002.png", 0)], file_clean, classes, src)
+    named = [files[0], ("x/a/img0.png", 0), *files[2:]]
+    with pytest.raises(UsageError, match=_exact(f"cannot match {src} to the image folder: x/a/img0.png is not named "
+                                                "NNNN.<ext> (CIFAR-N needs class folders numbered in original training order)")):
+        human.original_index(named, file_clean, classes, src)
+    beyond = [files[0], ("x/a/0002.png", 0), *files[2:]]  # number == class size is one too many
+    with pytest.raises(UsageError, match=_exact(f"cannot match {src} to the image folder: x/a/0002.png is numbered beyond "
+                                                "the 2 images of class 'a'")):
+        human.original_index(beyond, file_clean, classes, src)
+    twice = [files[0], ("x/a/1.png", 0), *files[2:]]  # 1 and 0001 are the same number
+    with pytest.raises(UsageError, match=_exact(f"cannot match {src} to the image folder: two files of one class carry "
+                                                "the same number")):
+        human.original_index(twice, file_clean, classes, src)
+
+
+def _human_setup(tmp_path, per_class=(2, 1, 3, 1, 1, 2, 1, 1, 1, 2), folder=True, seed=0):
+    """data/cifar10/train/<class>/NNNN.png (empty files) and data/cifar-n/CIFAR-10_human.pt; returns
+    (base, clean labels in folder order, file dict, original index of each folder sample)."""
+    rng = np.random.default_rng(seed)
+    clean_orig = np.repeat(np.arange(10), per_class)
+    rng.shuffle(clean_orig)
+    base = tmp_path / "data"
+    if folder:
+        _empty_folder(base / "cifar10", {c: [f"{k:04d}.png" for k in range(n)] for c, n in enumerate(per_class)})
+        # folder order: class by class, by number; the k-th file of class c is the k-th original of c
+        orig = np.concatenate([np.flatnonzero(clean_orig == c) for c in range(10)])
+    else:
+        orig = np.arange(len(clean_orig))
+    labels = {"clean_label": clean_orig}
+    for name, key in KEYS.items():
+        labels[key] = np.where(rng.random(len(clean_orig)) < 0.4, rng.integers(0, 10, len(clean_orig)), clean_orig)
+    (base / "cifar-n").mkdir(parents=True)
+    torch.save(labels, base / "cifar-n" / "CIFAR-10_human.pt")
+    return base, clean_orig[orig], labels, orig
+
+
+def test_human_labels_on_an_image_folder(tmp_path):
+    base, clean, labels, orig = _human_setup(tmp_path)
+    path = base / "cifar-n" / "CIFAR-10_human.pt"
+    for name, key in KEYS.items():
+        got = human.human_labels(name, "cifar10", base, clean, CIFAR10_CLASSES)
+        np.testing.assert_array_equal(got.noisy, labels[key][orig])
+        np.testing.assert_array_equal(got.original_index, orig)
+        assert got.info == {"source": f"human:{name}", "label_file": str(path), "label_key": key,
+                            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                            "file_rate": pytest.approx(np.mean(labels[key] != labels["clean_label"])),
+                            "layout": "imagefolder"}
+
+
+def test_human_labels_on_torchvision_pickles_and_an_explicit_file(tmp_path, monkeypatch):
+    base, clean, labels, orig = _human_setup(tmp_path, folder=False)
+    got = human.human_labels("worst", "cifar10", base, clean, CIFAR10_CLASSES)
+    np.testing.assert_array_equal(got.noisy, labels["worse_label"])
+    np.testing.assert_array_equal(got.original_index, np.arange(len(clean)))
+    assert got.info["layout"] == "torchvision"
+    moved = tmp_path / "elsewhere.pt"
+    (base / "cifar-n" / "CIFAR-10_human.pt").rename(moved)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for given in (moved, "~/elsewhere.pt"):
+        got = human.human_labels("aggre", "cifar10", base, clean, CIFAR10_CLASSES, noise_file=given)
+        np.testing.assert_array_equal(got.noisy, labels["aggre_label"])
+        assert got.info["label_file"] == str(moved)
+    default = base / "cifar-n" / "CIFAR-10_human.pt"
+    with pytest.raises(UsageError, match=_exact(f"human:aggre needs CIFAR-10_human.pt: not found at {default} (put the "
+                                                "CIFAR-N files in a cifar-n/ folder next to the dataset, or pass --noise-file)")):
+        human.human_labels("aggre", "cifar10", base, clean, CIFAR10_CLASSES)
+
+
+def test_human_labels_family_messages(tmp_path):
+    clean = np.zeros(3, dtype=np.int64)
+    with pytest.raises(UsageError, match=_exact("human:aggre is a CIFAR-10N label set; dataset 'svhn' has no such labels "
+                                                "(it needs cifar10 or an image folder with the CIFAR-10 classes)")):
+        human.human_labels("aggre", "svhn", tmp_path, clean, CIFAR10_CLASSES)
+    with pytest.raises(UsageError, match=_exact("human:noisy is a CIFAR-100N label set; dataset 'cifar10' has no such "
+                                                "labels (it needs cifar100)")):
+        human.human_labels("noisy", "cifar10", tmp_path, clean, CIFAR10_CLASSES)
+    with pytest.raises(UsageError, match=_exact(f"human:noisy needs CIFAR-100_human.pt: not found at "
+                                                f"{tmp_path / 'cifar-n' / 'CIFAR-100_human.pt'} (put the CIFAR-N files in a "
+                                                "cifar-n/ folder next to the dataset, or pass --noise-file)")):
+        human.human_labels("noisy", "cifar100", tmp_path, clean, [str(i) for i in range(100)])
+
+
+def test_human_labels_bad_files(tmp_path):
+    base, clean, labels, orig = _human_setup(tmp_path, folder=False)
+    pt = tmp_path / "u.pt"
+    n = len(clean)
+
+    def check(content, message, name="worst", classes=CIFAR10_CLASSES, train=clean):
+        torch.save(content, pt)
+        with pytest.raises(UsageError, match=_exact(message.format(pt=pt))):
+            human.human_labels(name, "cifar10", base, train, classes, noise_file=pt)
+
+    check({"worse_label": labels["worse_label"]}, "{pt} is not a CIFAR-N label file for human:worst: no 'clean_label' "
+          "array (it holds worse_label)")
+    check({"clean_label": labels["clean_label"], "b": clean, "a": clean},
+          "{pt} is not a CIFAR-N label file for human:random2: no 'random_label2' array (it holds a, b, clean_label)",
+          name="random2")
+    check(dict(labels, clean_label=labels["clean_label"][:-1]),
+          f"label file {{pt}} has {n} labels; the cifar10 training set has {n} images")
+    check(dict(labels, worse_label=labels["worse_label"][:-1]),
+          f"label file {{pt}} has {n - 1} labels; the cifar10 training set has {n} images")
+    few = CIFAR10_CLASSES[:9]  # label 9 appears in the file
+    assert labels["clean_label"].max() == 9
+    check(dict(labels, worse_label=np.minimum(labels["worse_label"], 8)),
+          "label file {pt} holds labels >= 9, the number of classes of cifar10", classes=few,
+          train=np.minimum(clean, 8))
+    check(dict(labels, clean_label=np.minimum(labels["clean_label"], 8)),
+          "label file {pt} holds labels >= 9, the number of classes of cifar10", classes=few,
+          train=np.minimum(clean, 8))
+    wrong = clean.copy()
+    wrong[[0, 1, 2]] = (wrong[[0, 1, 2]] + 1) % 10
+    check(labels, f"clean labels in {{pt}} do not match the dataset's labels (3 of {n} differ; wrong file or dataset?)",
+          train=wrong)
+    # labels up to C - 1 are fine
+    torch.save(labels, pt)
+    assert len(human.human_labels("worst", "cifar10", base, clean, CIFAR10_CLASSES, noise_file=pt).noisy) == n
+
+
+def test_human_labels_image_folder_changed_since_decoding(tmp_path):
+    base, clean, labels, orig = _human_setup(tmp_path)
+    (base / "cifar10" / "train" / "cat" / "0099.png").write_bytes(b"")
+    with pytest.raises(UsageError, match=_exact(f"the image folder {base / 'cifar10' / 'train'} changed since it was "
+                                                "decoded; clear the cache")):
+        human.human_labels("aggre", "cifar10", base, clean, CIFAR10_CLASSES)
+
+
+def test_human_labels_on_an_imagefolder_name(tmp_path):
+    base, clean, labels, orig = _human_setup(tmp_path)
+    got = human.human_labels("random3", f"imagefolder:{base / 'cifar10'}", None, clean, CIFAR10_CLASSES)
+    np.testing.assert_array_equal(got.noisy, labels["random_label3"][orig])
+    assert got.info["layout"] == "imagefolder"

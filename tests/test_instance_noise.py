@@ -95,3 +95,147 @@ def test_seeded_and_validated():
             instance_dependent_labels(images, labels, 10, bad)
     with pytest.raises(UsageError, match="labels must lie"):
         instance_dependent_labels(images, labels + 10, 10, 0.3)
+
+
+# ---------------------------------------------------------------------------------------------
+# the pieces: flip-rate distribution, chunking, the categorical draw, inputs
+
+
+import re  # noqa: E402
+
+import torch  # noqa: E402
+
+from robustlab.corruptions import instance  # noqa: E402
+
+
+def _exact(message: str) -> str:
+    return "^" + re.escape(message) + "$"
+
+
+def _truncated_normal_mean(mu: float, sigma: float) -> float:
+    """Mean of N(mu, sigma) truncated to [0, 1], by the textbook formula."""
+    a, b = (0 - mu) / sigma, (1 - mu) / sigma
+    return mu + sigma * (stats.norm.pdf(a) - stats.norm.pdf(b)) / (stats.norm.cdf(b) - stats.norm.cdf(a))
+
+
+def test_expected_rate_is_the_truncated_normal_mean_on_0_1():
+    assert instance.NORM_STD == 0.1
+    for rate, std in ((0.1, 0.1), (0.2, 0.1), (0.5, 0.1), (0.95, 0.1), (0.9, 0.3), (0.05, 0.2)):
+        assert instance.expected_instance_rate(rate, std) == pytest.approx(_truncated_normal_mean(rate, std), abs=1e-12)
+    assert instance.expected_instance_rate(0.1) == pytest.approx(0.129, abs=5e-4)  # the docstring's figures
+    assert instance.expected_instance_rate(0.2) == pytest.approx(0.2055, abs=5e-4)
+    assert isinstance(instance.expected_instance_rate(0.3), float)
+
+
+def test_flip_rates_are_drawn_on_0_1_with_the_given_spread():
+    images, labels = _data(4000, shape=(2,))
+    for rate, std in ((0.9, 0.3), (0.1, 0.3)):
+        probs, _ = instance_transition_rows(images, labels, 10, rate, seed=0, norm_std=std)
+        q = 1 - probs[np.arange(len(labels)), labels]  # each sample's own flip rate
+        assert q.min() >= 0 and q.max() <= 1
+        assert q.mean() == pytest.approx(_truncated_normal_mean(rate, std), abs=0.015)
+        a, b = (0 - rate) / std, (1 - rate) / std
+        assert q.std() == pytest.approx(stats.truncnorm(a, b, loc=rate, scale=std).std(), abs=0.01)
+
+
+def test_norm_std_is_passed_through_to_the_official_draw():
+    images, labels = _data(300)
+    ours = instance_dependent_labels(images, labels, 10, 0.5, 3, norm_std=0.25)
+    np.testing.assert_array_equal(ours, official_get_instance_noisy_label(0.5, images, labels, 10, 0.25, 3))
+
+
+def test_chunked_products_equal_the_official_draw(monkeypatch):
+    images, labels = _data(250, classes=4)
+    expected = official_get_instance_noisy_label(0.4, images, labels, 4, 0.1, 11)
+    for chunk in (1, 7, 64):  # many chunks per class, a last short one
+        monkeypatch.setattr(instance, "_CHUNK", chunk)
+        np.testing.assert_array_equal(instance_dependent_labels(images, labels, 4, 0.4, 11), expected)
+
+
+def test_probabilities_by_hand_for_two_samples():
+    images = np.array([[1.0, 0.0], [0.0, 2.0]])  # small features: the softmax is not one-hot
+    labels = np.array([0, 2])
+    probs, rs = instance_transition_rows(images, labels, 3, 0.3, seed=5)
+    ref = np.random.RandomState(5)
+    q = stats.truncnorm(-3, 7, loc=0.3, scale=0.1).rvs(2, random_state=ref)
+    w = ref.randn(3, 2, 3)
+    for i, (x, y) in enumerate(zip(images, labels)):
+        logits = x @ w[y]
+        others = [k for k in range(3) if k != y]
+        soft = np.exp(logits[others]) / np.exp(logits[others]).sum()
+        expected = np.zeros(3)
+        expected[others] = q[i] * soft
+        expected[y] = 1 - q[i]
+        np.testing.assert_allclose(probs[i], expected, rtol=1e-12)
+    assert rs.random_sample() == ref.random_sample()  # the generator is handed back right after W
+
+
+def test_large_pixel_values_do_not_overflow():
+    images = np.full((5, 3, 8, 8), 255, dtype=np.uint8)  # logits in the thousands
+    labels = np.arange(5)
+    probs, _ = instance_transition_rows(images, labels, 5, 0.3, seed=1)
+    assert np.all(np.isfinite(probs))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+
+
+def test_sample_rows_is_np_random_choice():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(6) * 0.5, size=500)
+    probs[:50, -2:] = 0  # trailing zeros: never drawn
+    probs[:50] /= probs[:50].sum(axis=1, keepdims=True)
+    u = np.random.RandomState(4).random_sample(500)
+    ref = np.random.RandomState(4)
+    expected = [ref.choice(6, p=p) for p in probs]
+    got = instance.sample_rows(probs, u)
+    np.testing.assert_array_equal(got, expected)
+    assert got.dtype == np.int64 and got[:50].max() < 4
+    # rows are read relative to their total, as choice's own normalisation does
+    np.testing.assert_array_equal(instance.sample_rows(probs * 0.5, u), expected)
+    # boundaries: u equal to a CDF value goes to the next class (searchsorted side="right")
+    np.testing.assert_array_equal(instance.sample_rows(np.array([[0.25, 0.25, 0.5]] * 4), np.array([0.0, 0.25, 0.5, 0.999])),
+                                  [0, 1, 2, 2])
+
+
+def test_tensor_inputs_and_feature_vectors():
+    images, labels = _data(120, shape=(6,))  # (N, D) feature vectors are accepted as they are
+    expected = official_get_instance_noisy_label(0.3, images, labels, 10, 0.1, 2)
+    np.testing.assert_array_equal(instance_dependent_labels(torch.from_numpy(images), torch.from_numpy(labels), 10, 0.3, 2),
+                                  expected)
+    np.testing.assert_array_equal(instance_dependent_labels(images, list(labels), 10, 0.3, 2), expected)
+    assert instance_dependent_labels(images, labels, 10, 0.3, 2).dtype == np.int64
+
+
+def test_input_errors_have_their_own_message():
+    images, labels = _data(10)
+    with pytest.raises(UsageError, match=_exact("instance noise needs a rate in (0, 1), got 0.0")):
+        instance_transition_rows(images, labels, 10, 0.0, 0)
+    with pytest.raises(UsageError, match=_exact("instance noise needs a rate in (0, 1), got 1")):
+        instance_transition_rows(images, labels, 10, 1, 0)
+    for std in (0, -0.1):
+        with pytest.raises(UsageError, match=_exact(f"norm_std must be > 0, got {std}")):
+            instance_transition_rows(images, labels, 10, 0.3, 0, norm_std=std)
+    with pytest.raises(UsageError, match=_exact("instance noise needs one feature vector or image per sample, got shape (10,)")):
+        instance_transition_rows(np.zeros(10), labels, 10, 0.3, 0)
+    with pytest.raises(UsageError, match=_exact("10 images but 9 labels")):
+        instance_transition_rows(images, labels[:9], 10, 0.3, 0)
+    for bad in ([-1], [10]):  # one sample is enough to be checked
+        with pytest.raises(UsageError, match=_exact("labels must lie in [0, 10)")):
+            instance_transition_rows(images[:1], np.array(bad), 10, 0.3, 0)
+    probs, _ = instance_transition_rows(images[:2], np.array([0, 9]), 10, 0.3, 0)  # 0 and C - 1 are labels
+    assert probs.shape == (2, 10)
+
+
+def test_defaults_are_seed_0_and_the_official_norm_std():
+    images, labels = _data(200)
+    expected = official_get_instance_noisy_label(0.35, images, labels, 10, 0.1, 0)
+    np.testing.assert_array_equal(instance_dependent_labels(images, labels, 10, 0.35), expected)
+    probs, _ = instance_transition_rows(images, labels, 10, 0.35, seed=0)
+    np.testing.assert_array_equal(probs, instance_transition_rows(images, labels, 10, 0.35, 0, norm_std=0.1)[0])
+    assert instance.expected_instance_rate(0.35) == instance.expected_instance_rate(0.35, 0.1)
+
+
+def test_images_may_be_a_tensor_that_requires_grad():
+    images, labels = _data(60, shape=(5,))
+    x = torch.tensor(images, dtype=torch.float64, requires_grad=True)  # np.asarray alone would refuse it
+    np.testing.assert_array_equal(instance_dependent_labels(x, labels, 10, 0.3, 1),
+                                  official_get_instance_noisy_label(0.3, images.astype(np.float64), labels, 10, 0.1, 1))

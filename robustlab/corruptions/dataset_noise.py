@@ -81,6 +81,8 @@ def _user_labels(path: Path, clean: np.ndarray, num_classes: int) -> np.ndarray:
         noisy = arrays["noisy_label"]
     elif len(names) == 1:
         noisy = arrays[names[0]]
+    elif not names:
+        raise UsageError(f"{path} holds no noisy labels, only {', '.join(sorted(arrays))}")
     else:
         raise UsageError(f"{path} holds several label arrays ({', '.join(names)}); for a CIFAR-N file use "
                          "--noise-type human:<set>")

@@ -147,7 +147,7 @@ def human_labels(label_set: str, dataset_name: str, data_dir: str | Path | None,
     key = LABEL_SETS[label_set][1]
     for needed in ("clean_label", key):
         require(needed in arrays, f"{path} is not a CIFAR-N label file for human:{label_set}: no {needed!r} array "
-                                  f"(it holds {', '.join(sorted(arrays)) or 'nothing'})")
+                                  f"(it holds {', '.join(sorted(arrays))})")  # never empty: read_label_dict refuses that
     file_clean, file_noisy = arrays["clean_label"], arrays[key]
     n = len(train_labels)
     require(len(file_clean) == n and len(file_noisy) == n,

@@ -33,7 +33,8 @@ import torch
 from robustlab.errors import require
 
 NORM_STD = 0.1  # official default (`norm_std`)
-_CHUNK = 4096   # rows per matrix product: bounds the float64 copy of the images
+# equivalent: any chunk size gives the same labels (pinned with sizes 1, 7, 64); it only bounds memory
+_CHUNK = 4096   # rows per matrix product: bounds the float64 copy of the images  # pragma: no mutate
 
 
 def _flip_distribution(rate: float, norm_std: float):
@@ -63,7 +64,7 @@ def instance_transition_rows(images: Any, labels: np.ndarray, num_classes: int, 
     x = _features(images)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     require(len(x) == len(labels), f"{len(x)} images but {len(labels)} labels")
-    require(labels.size == 0 or (labels.min() >= 0 and labels.max() < num_classes),
+    require(labels.min() >= 0 and labels.max() < num_classes,  # no empty set: _features cannot reshape one
             f"labels must lie in [0, {num_classes})")
     rs = np.random.RandomState(int(seed))
     flip_rate = _flip_distribution(rate, norm_std).rvs(len(labels), random_state=rs)
@@ -86,10 +87,13 @@ def instance_transition_rows(images: Any, labels: np.ndarray, num_classes: int, 
 def instance_dependent_labels(images: Any, labels: Any, num_classes: int, rate: float, seed: int = 0,
                               norm_std: float = NORM_STD) -> np.ndarray:
     """Noisy int64 labels under the IDN generator (see module docstring); deterministic per seed."""
-    clean = labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-    probs, rs = instance_transition_rows(images, clean, num_classes, rate, seed, norm_std)
-    # np.random.choice(C, p=p_i) for each i in turn: one uniform each, inverted through the CDF
-    u = rs.random_sample(len(probs))
+    probs, rs = instance_transition_rows(images, labels, num_classes, rate, seed, norm_std)  # any array-like labels
+    return sample_rows(probs, rs.random_sample(len(probs)))
+
+
+def sample_rows(probs: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Row i drawn as `np.random.choice(C, p=probs[i])` draws it from the uniform u[i]: through the
+    CDF of the row divided by its total, searched from the right."""
     cdf = np.cumsum(probs, axis=1)
-    cdf /= cdf[:, -1:]
-    return np.minimum((cdf <= u[:, None]).sum(axis=1), num_classes - 1).astype(np.int64)
+    cdf /= cdf[:, -1:]  # the last entry is exactly 1, so the count below is at most C - 1
+    return (cdf <= u[:, None]).sum(axis=1).astype(np.int64)

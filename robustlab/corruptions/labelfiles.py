@@ -89,10 +89,18 @@ def read_label_dict(path: str | Path) -> dict[str, np.ndarray]:
     if suffix == ".npy":
         try:
             arr = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, EOFError) as exc:  # EOFError: an empty file
             raise _not_labels(path, f"np.load refused it: {str(exc).splitlines()[0][:160]}") from None
         return {"noisy_label": as_label_vector(arr, path, "its array")}
     return _read_csv(path)
+
+
+def _csv_integer(text: str) -> int:
+    """An integer label from a CSV cell ("3" or "3.0"); ValueError for "3.5", "inf", "nan" or text."""
+    value = float(text)
+    if not value.is_integer():
+        raise ValueError
+    return int(value)
 
 
 def _read_csv(path: Path) -> dict[str, np.ndarray]:
@@ -115,7 +123,7 @@ def _read_csv(path: Path) -> dict[str, np.ndarray]:
     out = {}
     for name, col in columns.items():
         try:
-            out[name] = np.array([int(float(r[col])) for r in body], dtype=np.int64)
+            out[name] = np.array([_csv_integer(r[col]) for r in body], dtype=np.int64)
         except (ValueError, IndexError):
             raise _not_labels(path, f"column {name.split('_')[0]!r} holds a non-integer or missing value") from None
         out[name] = as_label_vector(out[name], path, name)
@@ -123,8 +131,5 @@ def _read_csv(path: Path) -> dict[str, np.ndarray]:
 
 
 def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
