@@ -32,9 +32,9 @@ from robustlab.experiment import ExperimentConfig, StrategyConfig, resolve_devic
 from robustlab.fileio import write_text
 from robustlab.models import require_model
 from robustlab.precision import resolve_precision
-from robustlab.robustness import (BASELINE_NOTE, ece_figure, evaluate_runs, family_figure, finished_checkpoints,
-                                  heatmap_figure, load_classifier, load_released, long_rows, robustness_rows, run_labels,
-                                  summarize_over_seeds)
+from robustlab.robustness import (BASELINE_NOTE, evaluate_runs, finished_checkpoints, load_classifier, load_released,
+                                  long_rows, robustness_rows, run_labels, summarize_over_seeds)
+from robustlab.robustness_plots import ece_figure, family_figure, heatmap_figure
 from robustlab.strategies import get_strategy
 from studies.common import csv_table, output_dirs, run_grid, save_figure, sgd_recipe, should_tabulate, study_parser, write_table
 

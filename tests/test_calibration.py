@@ -241,3 +241,72 @@ def test_temperature_and_max_iter_messages():
     assert str(info.value) == "max_iter must be a positive integer, got 0"
     z = torch.tensor([[2.0, 0.0]], dtype=torch.float32)
     assert apply_temperature(z, 4).tolist() == [[0.5, 0.0]] and apply_temperature(z, 4).dtype == torch.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# more boundaries, and what a reliability diagram shows
+
+
+def test_no_predictions_and_empty_bins():
+    with pytest.raises(UsageError) as info:
+        expected_calibration_error(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long))
+    assert str(info.value) == "predictions must have shape (N, C) with N >= 1 and C >= 2, got (0, 2)"
+    # empty bins report zeros, and confidence exactly on an inner edge goes to the bin below it
+    bins = reliability_bins(top_class_probs([0.25, 0.75, 0.75], num_classes=4), [0, 1, 0], n_bins=4)
+    assert bins.counts.tolist() == [1, 0, 2, 0]
+    assert bins.confidence.tolist() == [0.25, 0.0, 0.75, 0.0] and bins.accuracy.tolist() == [1.0, 0.0, 0.5, 0.0]
+    assert bins.ece == pytest.approx((1 * 0.75 + 2 * 0.25) / 3)
+    assert bins.counts.dtype.kind == "i" and bins.edges.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def test_labels_may_be_any_integer_type_and_probabilities_any_float():
+    probs = top_class_probs([0.9, 0.6], num_classes=2).float()
+    for labels in ([0, 1], np.array([0, 1], dtype=np.uint8), torch.tensor([0, 1], dtype=torch.int16)):
+        assert expected_calibration_error(probs, labels) == pytest.approx((0.1 + 0.6) / 2, abs=1e-6)
+    assert negative_log_likelihood(torch.tensor([[0.0, 0.0]], dtype=torch.float16), torch.tensor([1], dtype=torch.int32)) \
+        == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_temperature_optimum_on_a_toy_case():
+    # logits (d, 0), the top class right on a fraction p: NLL(T) is smallest where sigmoid(d / T) = p
+    for d, p, n in ((4.0, 0.75, 4), (1.0, 0.9, 10)):
+        right = round(p * n)
+        logits = torch.tensor([[d, 0.0]] * n)
+        labels = torch.tensor([0] * right + [1] * (n - right))
+        assert fit_temperature(logits, labels) == pytest.approx(d / math.log(p / (1 - p)), rel=1e-4)
+    # one L-BFGS iteration does not reach the optimum from T = 1
+    logits = torch.tensor([[4.0, 0.0]] * 4)
+    t1 = fit_temperature(logits, torch.tensor([0, 0, 0, 1]), max_iter=1)
+    assert 1.0 < t1 < 4 / math.log(3) * 0.999
+
+
+def test_reliability_figure_shows_accuracy_bars_and_the_gap_to_confidence(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from robustlab.calibration import reliability_figure
+
+    probs = top_class_probs([0.9, 0.9, 0.9, 0.9, 0.3], num_classes=4)
+    fig = reliability_figure(probs, [0, 0, 1, 2, 0], title="model", n_bins=5)
+    try:
+        ax = fig.axes[0]
+        assert ax.get_title() == f"model\nECE = {100 * (4 / 5 * 0.4 + 1 / 5 * 0.7):.2f}%"
+        bars = [(round(p.get_x(), 9), round(p.get_width(), 9), round(p.get_y(), 9), round(p.get_height(), 9))
+                for p in ax.patches]
+        # accuracy bars of the two filled bins (0.2, 0.4] and (0.8, 1], then the gaps from accuracy to confidence
+        assert bars == [(0.2, 0.2, 0.0, 1.0), (0.8, 0.2, 0.0, 0.5), (0.2, 0.2, 1.0, -0.7), (0.8, 0.2, 0.5, 0.4)]
+        assert ax.get_xlim() == (0, 1) and ax.get_ylim() == (0, 1)
+        assert ax.get_xlabel() == "confidence" and ax.get_ylabel() == "accuracy"
+        diagonal = ax.lines[0]
+        assert list(diagonal.get_xdata()) == [0, 1] and list(diagonal.get_ydata()) == [0, 1]
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["perfect calibration", "accuracy", "gap"]
+    finally:
+        plt.close(fig)
+    fig = reliability_figure(probs, [0, 0, 1, 2, 0], n_bins=5)
+    assert fig.axes[0].get_title() == "ECE = 46.00%"  # 4/5 x 0.4 + 1/5 x 0.7
+    plt.close(fig)
+    path = plot_reliability_diagram(probs, [0, 0, 1, 2, 0], tmp_path / "a" / "b" / "R.PNG")
+    assert path == tmp_path / "a" / "b" / "R.PNG" and path.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(UsageError) as info:
+        plot_reliability_diagram(probs, [0, 0, 1, 2, 0], tmp_path / "r.svg")
+    assert str(info.value) == f"reliability diagram path must end in .png, got {str(tmp_path / 'r.svg')!r}"
+    assert not (tmp_path / "r.svg").exists()

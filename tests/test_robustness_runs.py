@@ -1,0 +1,236 @@
+"""robustlab.robustness on runs: run labels, the splits rebuilt from a record, evaluation of
+several runs (grouped by test split), loading a run's classifier and finding finished runs."""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import write_tiny_cifar10
+from robustlab.calibration import fit_temperature
+from robustlab.errors import UsageError
+from robustlab.experiment import Context, ExperimentConfig, run_experiment
+from robustlab.robustness import (ModelSpec, evaluate_runs, finished_checkpoints, generated_corruptions,
+                                  evaluate_corruptions, load_classifier, load_released, predict_logits, run_eval_splits, run_labels)
+
+
+def _message(call) -> str:
+    with pytest.raises(UsageError) as info:
+        call()
+    return str(info.value)
+
+
+def test_run_labels_tag_or_model_then_run_hash_then_checkpoint_name():
+    def rec(tag, model, seed, run_id):
+        return {"config": {"tag": tag, "model": model, "seed": seed}, "run_id": run_id}
+    records = [rec("ce", "m", 0, "ce-s0-aaa"), rec("", "resnet", 0, "x-s0-bbb"), rec("ce", "m", 1, "ce-s1-ccc"),
+               rec("ce", "m", 0, "ce-s0-ddd")]
+    assert run_labels(records, ["a/last.pt"] * 4) == ["ce-aaa", "resnet", "ce", "ce-ddd"]
+    # the same run twice (last.pt and best.pt): the hash is shared, the checkpoint name tells them apart
+    twice = [rec("ce", "m", 0, "ce-s0-aaa"), rec("ce", "m", 0, "ce-s0-aaa"), rec("ce", "m", 1, "ce-s1-aaa")]
+    assert run_labels(twice, ["r/last.pt", "r/best.pt", "r/last.pt"]) == ["ce-aaa-last", "ce-aaa-best", "ce"]
+
+
+# ---- runs rebuilt from hand-written records (no training) -------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    data = write_tiny_cifar10(root / "data")  # 100 training, 40 test images of 10 classes
+    return data, Context(data_dir=str(data.root), cache_dir=str(root / "cache"), device="cpu", quiet=True)
+
+
+def record(seed=0, **data):
+    cfg = {"dataset": "cifar10", "val_size": 20, "train_size": None, "test_size": None, "noise_type": "symmetric",
+           "noise_rate": 0.0, "noisy_val": False, "noise_file": None, **data}
+    return {"config": {"data": cfg, "seed": seed}, "data": {"classes": [str(i) for i in range(10)]}}
+
+
+def test_eval_splits_test_size_only_shrinks_the_runs_test_split(tiny):
+    _, ctx = tiny
+    val, test = run_eval_splits(record(), ctx)
+    assert len(val) == 20 and len(test) == 40
+    assert len(run_eval_splits(record(), ctx, test_size=20)[1]) == 20
+    assert len(run_eval_splits(record(test_size=30), ctx, test_size=20)[1]) == 20
+    assert len(run_eval_splits(record(test_size=20), ctx, test_size=30)[1]) == 20   # never more than the run saw
+    assert len(run_eval_splits(record(test_size=20), ctx, test_size=20)[1]) == 20
+    # a field a newer version wrote (unknown here) is left out
+    assert len(run_eval_splits(record(obsolete=1), ctx)[1]) == 40
+
+
+def test_eval_splits_leave_training_noise_out_unless_validation_was_noisy(tiny):
+    _, ctx = tiny
+    clean_val, _ = run_eval_splits(record(), ctx)
+    # the training-label noise is not rebuilt: a noise file that is gone does not matter
+    val, _ = run_eval_splits(record(noise_rate=0.4, noise_file="/nonexistent/labels.csv"), ctx)
+    assert torch.equal(val.labels, clean_val.labels)
+    val, _ = run_eval_splits(record(noise_type="human:aggre", noise_rate=0.4), ctx)
+    assert torch.equal(val.labels, clean_val.labels)
+    noisy_val, _ = run_eval_splits(record(noise_rate=0.6, noisy_val=True), ctx)
+    assert not torch.equal(noisy_val.labels, clean_val.labels) and torch.equal(noisy_val.images, clean_val.images)
+
+
+class Pixels(torch.nn.Module):
+    """A fixed linear classifier of a 4 x 4 average-pooled image."""
+
+    def __init__(self, seed):
+        super().__init__()
+        self.pool = torch.nn.AdaptiveAvgPool2d(4)
+        self.fc = torch.nn.Linear(48, 10)
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.randn(10, 48, generator=g) * 3)
+            self.fc.bias.zero_()
+
+    def forward(self, x):
+        return self.fc(self.pool(x).flatten(1))
+
+
+MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.25, 0.25)
+
+
+def test_evaluate_runs_groups_runs_by_test_split_and_fits_temperatures_on_validation(tiny):
+    _, ctx = tiny
+    runs = [(record(seed=0), ModelSpec(Pixels(1), MEAN, STD)), (record(seed=0), ModelSpec(Pixels(2), MEAN, STD)),
+            (record(seed=1, val_size=0, test_size=20), ModelSpec(Pixels(1), MEAN, STD))]
+    out = evaluate_runs(runs, ["a", "b", "a"], ctx, ["contrast", "gaussian_noise"], corruption_seed=5, test_size=30)
+    assert set(out.scores) == {("a", 0), ("b", 0), ("a", 1)} and out.test_sizes == {30, 20}
+    assert [(r["model"], r["seed"]) for r in out.calibration] == [("a", 0), ("b", 0), ("a", 1)]
+    val, test = run_eval_splits(record(seed=0), ctx, test_size=30)
+    # the scores are those of evaluate_corruptions on the run's test split with the corruption seed
+    for key, spec in (("a", 0), runs[0][1]), (("b", 0), runs[1][1]):
+        alone = evaluate_corruptions({key: spec}, test.images, test.labels,
+                                     generated_corruptions(test.images, test.labels, ["contrast", "gaussian_noise"], 5))
+        assert out.scores[key] == alone[key]
+        z = predict_logits(spec, test.images.float() / 255)
+        assert torch.equal(out.clean_logits[key][0], z) and torch.equal(out.clean_logits[key][1], test.labels)
+        t = fit_temperature(predict_logits(spec, val.images.float() / 255), val.labels)
+        row = next(r for r in out.calibration if (r["model"], r["seed"]) == key)
+        assert row["temperature"] == pytest.approx(t, rel=1e-9)
+    assert out.calibration[2]["temperature"] is None and out.calibration[2]["test_ece_ts"] is None  # no validation split
+    other = evaluate_runs(runs[:1], ["a"], ctx, ["gaussian_noise"], corruption_seed=6, test_size=30)
+    assert other.scores[("a", 0)].acc != out.scores[("a", 0)].acc or other.scores[("a", 0)].ece != out.scores[("a", 0)].ece
+
+
+def test_evaluate_runs_reads_a_release_limited_to_the_test_size(tiny, tmp_path):
+    import numpy as np
+
+    _, ctx = tiny
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "fog.npy", rng.integers(0, 256, (5 * 12, 32, 32, 3), dtype=np.uint8))
+    np.save(tmp_path / "labels.npy", rng.integers(0, 10, 12).astype(np.uint8))
+    runs = [(record(), ModelSpec(Pixels(1), MEAN, STD))]
+    calls = []
+    out = evaluate_runs(runs, ["a"], ctx, ["fog"], released=tmp_path, test_size=10, autocast=lambda: _Count(calls))
+    acc = out.scores[("a", 0)].acc
+    assert set(acc) == {("fog", s) for s in range(1, 6)}
+    x, y, n = load_released(tmp_path, "fog", limit=10)
+    assert n == 10
+    for severity in range(1, 6):  # block s of the release, its first 10 images
+        block = slice((severity - 1) * 10, severity * 10)
+        z = predict_logits(runs[0][1], x[block].float() / 255)
+        assert acc[("fog", severity)] == pytest.approx(float((z.argmax(1) == y[block]).float().mean()))
+    assert len(calls) == 1 + 5 + 1  # autocast around the clean batch, every severity and the validation logits
+    # labels beyond the run's classes are refused
+    np.save(tmp_path / "labels.npy", np.full(12, 10, dtype=np.uint8))
+    with pytest.raises(UsageError, match=r"labels outside 0\.\.9"):
+        evaluate_runs(runs, ["a"], ctx, ["fog"], released=tmp_path)
+
+
+class _Count:
+    def __init__(self, calls):
+        self.calls = calls
+
+    def __enter__(self):
+        self.calls.append(1)
+
+    def __exit__(self, *exc):
+        return False
+
+
+# ---- a trained run --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory):
+    data, ctx = tiny
+    cfg = ExperimentConfig(model="tiny_cnn", seed=0, tag="t")
+    cfg.data.val_size, cfg.train.epochs, cfg.train.batch_size, cfg.train.tta = 20, 1, 50, "none"
+    results = tmp_path_factory.mktemp("results")
+    rec = run_experiment(cfg, results, ctx)
+    return results, rec
+
+
+def test_load_classifier_returns_the_record_and_the_network_in_eval_mode(trained, tmp_path):
+    results, rec = trained
+    record, spec = load_classifier(rec["checkpoint"], "cpu")
+    assert record["run_id"] == rec["run_id"] and not spec.model.training
+    assert list(spec.mean) == list(rec["data"]["mean"]) and list(spec.std) == list(rec["data"]["std"])
+    assert next(spec.model.parameters()).device.type == "cpu"
+    assert next(load_classifier(rec["checkpoint"], "meta")[1].model.parameters()).device.type == "meta"  # moved there
+    missing = tmp_path / "last.pt"
+    assert _message(lambda: load_classifier(missing, "cpu")) == f"checkpoint {missing} does not exist"
+
+
+def _copy_results(results, tmp_path, strategy=None, drop_checkpoint=False):
+    out = tmp_path / "copy"
+    shutil.copytree(results, out)
+    if strategy or drop_checkpoint:
+        for path in (out / "records").glob("*.json"):
+            rec = json.loads(path.read_text())
+            if strategy:
+                rec["config"]["strategy"] = {"name": strategy, "options": {}}
+            path.write_text(json.dumps(rec))
+            if drop_checkpoint:
+                (out / "runs" / rec["run_id"] / "last.pt").unlink()
+    return out
+
+
+def test_finished_checkpoints_lists_classifier_runs_with_a_last_checkpoint(trained, tmp_path):
+    results, rec = trained
+    assert finished_checkpoints(results) == [results / "runs" / rec["run_id"] / "last.pt"]
+    for kwargs in ({"drop_checkpoint": True}, {"strategy": "supcon_pretrain"}):
+        shutil.rmtree(tmp_path / "copy", ignore_errors=True)
+        copy_dir = _copy_results(results, tmp_path, **kwargs)
+        assert _message(lambda: finished_checkpoints(copy_dir)) == (
+            f"{copy_dir}: no finished classifier run (records/<run_id>.json with runs/<run_id>/last.pt)")
+
+
+def test_a_pretraining_run_is_refused_by_name(trained, tmp_path):
+    results, rec = trained
+    copy_dir = _copy_results(results, tmp_path, strategy="supcon_pretrain")
+    ckpt = copy_dir / "runs" / rec["run_id"] / "last.pt"
+    assert _message(lambda: load_classifier(ckpt, "cpu")) == (
+        f"{ckpt} is a 'supcon_pretrain' run, which trains no classifier; robustness evaluates classifier runs")
+
+
+def test_evaluate_runs_passes_the_device_on(tiny, tmp_path, monkeypatch):
+    # (a CPU-only test: every step of the evaluation is told the device, and the validation batches are the defaults')
+    import numpy as np
+
+    import robustlab.robustness as R
+
+    _, ctx = tiny
+    seen = []
+
+    def spy(name, position, original):
+        def wrapper(*a, **k):
+            seen.append((name, a[position], a[position + 1] if name == "_uint8_batches" else None))
+            return original(*a, **k)
+        monkeypatch.setattr(R, name, wrapper)
+    spy("generated_corruptions", 4, R.generated_corruptions)
+    spy("released_corruptions", 2, R.released_corruptions)
+    spy("evaluate_corruptions", 4, R.evaluate_corruptions)
+    spy("_uint8_batches", 2, R._uint8_batches)
+    runs = [(record(), ModelSpec(Pixels(1), MEAN, STD))]
+    evaluate_runs(runs, ["a"], ctx, ["contrast"], device="cpu", test_size=10, corruption_seed=3)
+    np.save(tmp_path / "fog.npy", np.zeros((5 * 10, 32, 32, 3), dtype=np.uint8))
+    np.save(tmp_path / "labels.npy", np.zeros(10, dtype=np.uint8))
+    evaluate_runs(runs, ["a"], ctx, ["fog"], device="cpu", released=tmp_path, test_size=10)
+    # made with the device as given (not as torch.device): the release's five severities and the validation batches
+    outside = [s for s in seen if s[0] != "_uint8_batches" or isinstance(s[1], str)]
+    assert outside == [("generated_corruptions", "cpu", None), ("evaluate_corruptions", "cpu", None),
+                       ("_uint8_batches", "cpu", 500), ("released_corruptions", "cpu", None),
+                       ("evaluate_corruptions", "cpu", None)] + [("_uint8_batches", "cpu", 500)] * 6
