@@ -35,8 +35,9 @@ def preset(name: str) -> Presets:
     paper: ResNet-18 on the full training set (no validation split). SupCon pretraining 200 epochs,
     batch 512, temperature 0.1, SGD lr 0.357 and weight decay 7e-5: the SupCon recipe's lr 0.5 at batch 1024 scaled
     linearly to 0.25, times 0.1/0.07 because pytorch-metric-learning's loss lacks the official T/0.07 factor
-    (weight decay 1e-4 x 0.07/0.1 keeps its step unchanged), with
-    10 warm-up epochs and cosine decay; classifier stage 25 epochs (Adam 1e-3, cosine); the CE
+    (weight decay 1e-4 x 0.07/0.1 keeps its step unchanged), plain momentum 0.9 as the official code, with
+    10 warm-up epochs and cosine decay (per iteration: warm-up from lr/(10 x steps) rather than the official
+    0.01, cosine to 0 rather than lr x 1e-3, counted from the end of the warm-up); classifier stage 25 epochs (Adam 1e-3, cosine); the CE
     baseline 100 epochs (SGD 0.1, weight decay 5e-4, warm-up + cosine), all with crop+flip.
     """
     base = ExperimentConfig()
@@ -64,8 +65,8 @@ def preset(name: str) -> Presets:
     ce.train.optim = OptimConfig(optimizer="sgd", lr=0.1, weight_decay=5e-4, schedule="warmup_cosine", warmup_epochs=2)
     pretrain = copy.deepcopy(base)
     pretrain.train.epochs, pretrain.train.batch_size = 200, 512
-    pretrain.train.optim = OptimConfig(optimizer="sgd", lr=0.357, weight_decay=7e-5, schedule="warmup_cosine",
-                                       warmup_epochs=10)
+    pretrain.train.optim = OptimConfig(optimizer="sgd", lr=0.357, momentum=0.9, nesterov=False, weight_decay=7e-5,
+                                       schedule="warmup_cosine", warmup_epochs=10)
     pretrain.strategy = StrategyConfig("supcon_pretrain", options={"temperature": 0.1})
     probe = copy.deepcopy(base)
     probe.train.epochs, probe.train.batch_size = 25, 256

@@ -39,6 +39,7 @@ def test_paper_preset_pretraining_optimizer_and_warmup_cosine_schedule():
     opt = build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg.optim)
     assert isinstance(opt, torch.optim.SGD)
     group = opt.param_groups[0]
+    assert group["nesterov"] is False  # the official SupContrast optimizer is plain momentum SGD
     assert group["momentum"] == 0.9 and group["weight_decay"] == pytest.approx(7e-5) and group["lr"] == 0.357
     steps = 3  # iterations per epoch
     sched = build_scheduler(opt, cfg.optim, cfg.epochs, steps)
