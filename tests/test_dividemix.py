@@ -2,6 +2,7 @@
 the ramp-up, the regularisers, the MixMatch loss against a reference written like the official
 train(), co-divide, peer eval mode, and a short end-to-end fit()."""
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from robustlab.errors import UsageError
 from robustlab.models import create_model
 from robustlab.schedules import OptimConfig
 from robustlab.strategies import BuildContext, create_strategy, make_config
-from robustlab.strategies.dividemix import (DivideMix, eval_mode, gmm_clean_probability, linear_rampup, mixup_lambda,
+from robustlab.strategies.dividemix import (DivideMix, DivideMixConfig, MeanLogits, eval_mode, gmm_clean_probability, linear_rampup, mixup_lambda,
                                             negative_entropy, paper_lambda_u, refine_labels, sharpen,
                                             uniform_prior_penalty)
 
@@ -137,10 +138,11 @@ class Recorder(nn.Module):
         super().__init__()
         torch.manual_seed(seed)
         self.fc = nn.Linear(features, classes)
-        self.modes = []
+        self.modes, self.sizes = [], []
 
     def forward(self, x):
         self.modes.append(self.training)
+        self.sizes.append(len(x))
         return self.fc(x.flatten(1))
 
 
@@ -317,3 +319,259 @@ def test_fit_divides_better_than_chance_and_learns_through_noise():
     assert result.metrics["test_acc"] > 0.6  # chance is 0.25
     for key in ("test_net1_acc", "test_net2_acc", "test_ensemble_acc"):
         assert key in result.metrics
+
+
+# ---- the official constants, boundaries and contracts ----------------------------------------
+
+def test_paper_lambda_u_covers_every_tabulated_setting():
+    # Appendix B of the paper: CIFAR-10 sym 20/50/80/90% -> 0/25/25/50, asym 40% -> 0;
+    # CIFAR-100 sym 20/50/80/90% -> 25/150/150/150.
+    table = {(10, 0.2, "sym"): 0, (10, 0.5, "sym"): 25, (10, 0.8, "sym"): 25, (10, 0.9, "sym"): 50,
+             (10, 0.4, "asym"): 0, (100, 0.2, "sym"): 25, (100, 0.5, "sym"): 150, (100, 0.8, "sym"): 150,
+             (100, 0.9, "sym"): 150}
+    for (classes, rate, mode), value in table.items():
+        assert paper_lambda_u(classes, rate, mode) == value, (classes, rate, mode)
+    assert paper_lambda_u(99, 0.2, "sym") == 0       # fewer than 100 classes: the CIFAR-10 table
+    assert paper_lambda_u(200, 0.2, "sym") == 25     # 100 or more: the CIFAR-100 table
+    assert paper_lambda_u(10, 0.4, "sym") == 25      # sym at 40% is nearest to 50%, not the asym entry
+    assert paper_lambda_u(100, 0.5, "asym") == 150   # no asym row for CIFAR-100: the sym row
+
+
+def _official_eval_train_probability(losses):
+    """Train_cifar.py eval_train(): min-max normalise, GMM(2, max_iter=10, tol=1e-2, reg_covar=5e-4),
+    posterior of the lower-mean component (seeded here, as the documented deviation)."""
+    from sklearn.mixture import GaussianMixture
+    x = ((losses - losses.min()) / (losses.max() - losses.min())).reshape(-1, 1)
+    gmm = GaussianMixture(n_components=2, max_iter=10, tol=1e-2, reg_covar=5e-4, random_state=0)
+    gmm.fit(x)
+    return gmm.predict_proba(x)[:, gmm.means_.argmin()], gmm
+
+
+@pytest.mark.filterwarnings("ignore:Best performing initialization did not converge")
+def test_gmm_division_reproduces_the_official_eval_train():
+    # Losses whose GMM fit is still moving at the 10th EM iteration (so max_iter and tol bind), whose
+    # k-means initialisation depends on the seed, and whose raw range is below 1 (so the min-max
+    # normalisation matters against reg_covar).
+    r = np.random.RandomState(60)
+    raw = 0.05 * np.concatenate([r.gamma(1.0, 0.3, 40), r.normal(2.0, 1.0, 20)]) + 0.01
+    assert raw.max() - raw.min() < 1
+    expected, gmm = _official_eval_train_probability(raw)
+    assert gmm.n_iter_ == 10 and not gmm.converged_
+    prob = gmm_clean_probability(torch.as_tensor(raw, dtype=torch.float64))
+    assert isinstance(prob, np.ndarray) and prob.shape == (60,)
+    assert np.allclose(prob, expected, atol=1e-9)
+    assert np.allclose(gmm_clean_probability(torch.as_tensor(raw, dtype=torch.float64), seed=0), expected, atol=1e-9)
+    # Losses on which EM stops early by tol=1e-2 (sklearn's default tol 1e-3 would iterate on).
+    r = np.random.RandomState(0)
+    raw = 0.05 * np.concatenate([r.gamma(1.0, 0.3, 40), r.normal(2.0, 1.0, 20)]) + 0.01
+    expected, gmm = _official_eval_train_probability(raw)
+    assert gmm.converged_ and gmm.n_iter_ < 10
+    assert np.allclose(gmm_clean_probability(torch.as_tensor(raw, dtype=torch.float64)), expected, atol=1e-9)
+
+
+def test_config_bounds_and_exact_messages():
+    DivideMixConfig(warmup_epochs=0, lambda_u=0.0).validate()  # no warm-up and lambda_u 0 (the paper's 20%) are valid
+    DivideMixConfig(p_threshold=0.01, temperature=0.01, alpha=0.01).validate()
+    for bad, message in (({"warmup_epochs": -1}, "warmup_epochs must be >= 0, got -1"),
+                         ({"lambda_u": -1}, "lambda_u must be >= 0, got -1.0"),
+                         ({"p_threshold": 1.0}, "p_threshold must be in (0, 1), got 1.0"),
+                         ({"p_threshold": 0.0}, "p_threshold must be in (0, 1), got 0.0"),
+                         ({"temperature": 0}, "temperature must be > 0, got 0.0"),
+                         ({"alpha": 0}, "alpha must be > 0, got 0.0"),
+                         ({"noise_mode": "x"}, "noise_mode must be auto, sym or asym, got 'x'")):
+        with pytest.raises(UsageError) as err:
+            make_config("dividemix", bad)
+        assert str(err.value) == f"strategy 'dividemix': {message}"
+    assert make_config("dividemix", {}) == DivideMixConfig(None, None, 0.5, 0.5, 4.0, "auto")
+
+
+def test_constructor_defaults_are_the_official_cifar10_values():
+    net1, net2 = _two_nets()
+    st = DivideMix(net1, net2, num_train=2, num_classes=3)
+    assert (st.warmup_epochs, st.lambda_u, st.p_threshold, st.temperature, st.alpha) == (10, 25.0, 0.5, 0.5, 4.0)
+    assert st.penalty is False and st.clean_labels is None and st.world_size == 1
+    assert st.model is net1 and st.peer is net2 and (st.num_train, st.num_classes) == (2, 3)
+    # Before any division every sample counts as clean; the probabilities are not checkpointed
+    # (they are recomputed before every epoch).
+    assert torch.equal(st.prob1, torch.ones(2)) and torch.equal(st.prob2, torch.ones(2))
+    assert not any(k.startswith("prob") for k in st.state_dict())
+    assert st.epoch_metrics() == {}
+    # Not divided until the first train pass after warm-up: a step is the warm-up step.
+    x, y = torch.randn(2, 2, 3, 4, 4), torch.tensor([0, 2])
+    ce = F.cross_entropy(net1(x[:, 0]), y) + F.cross_entropy(net2(x[:, 1]), y)
+    assert st.train_step(x, y, torch.arange(2), epoch=0).loss.item() == pytest.approx(ce.item(), rel=1e-6)
+    # The ramp counts samples from 0 without an on_epoch_start.
+    st2 = DivideMix(net1, net2, num_train=8, num_classes=3, warmup_epochs=0, lambda_u=16.0)
+    assert st2.unlabeled_weight(1, 4) == pytest.approx(1.0)
+    with pytest.raises(UsageError) as err:
+        DivideMix(net1, net2, num_train=1, num_classes=3)
+    assert str(err.value) == "DivideMix needs the training-set size (num_train) for its per-sample division"
+
+
+def test_ramp_accumulates_every_batch_of_the_epoch():
+    st = DivideMix(nn.Linear(2, 2), nn.Linear(2, 2), num_train=12, num_classes=2, warmup_epochs=1, lambda_u=16.0)
+    st.on_epoch_start(1, 30)
+    # progress = 1 + seen / 12 before each batch: 1, 1 + 3/12, 1 + 7/12.
+    weights = [st.unlabeled_weight(1, 3), st.unlabeled_weight(1, 4), st.unlabeled_weight(1, 5)]
+    assert weights == pytest.approx([0.0, 16 * (3 / 12) / 16, 16 * (7 / 12) / 16])
+
+
+def test_train_step_needs_two_views_and_warm_up_reports_net1_on_the_first_view():
+    net1, net2 = _two_nets()
+    st = DivideMix(net1, net2, num_train=4, num_classes=3, warmup_epochs=2)
+    message = "DivideMix needs two augmented views per sample: x of shape (N, 2, C, H, W)"
+    for shape in ((4, 3, 3, 4, 4), (4, 2, 48), (4, 1, 3, 4, 4)):
+        with pytest.raises(UsageError) as err:
+            st.train_step(torch.randn(*shape), torch.zeros(4, dtype=torch.long), torch.arange(4), epoch=0)
+        assert str(err.value) == message
+    x = torch.randn(4, 2, 3, 4, 4)
+    out = st.train_step(x, torch.tensor([0, 1, 2, 0]), torch.arange(4), epoch=0)
+    assert torch.allclose(out.logits, net1(x[:, 0]))
+
+
+def test_eval_mode_restores_either_mode():
+    net = nn.Linear(2, 2)
+    for mode in (True, False):
+        net.train(mode)
+        with eval_mode(net):
+            assert not net.training
+        assert net.training is mode
+
+
+def test_clean_probability_equal_to_the_threshold_is_unlabeled():
+    # Official: pred = (prob > p_threshold); a sample at exactly the threshold loses its label.
+    net1, net2 = _two_nets()
+    st = DivideMix(net1, net2, num_train=4, num_classes=3, warmup_epochs=0, lambda_u=1.0, p_threshold=0.5)
+    st.train()
+    net2.sizes.clear()
+    w = torch.tensor([0.5, 0.9, 0.5, 0.2])
+    st.mixmatch_loss(net1, net2, torch.randn(4, 2, 3, 4, 4), torch.tensor([0, 1, 2, 0]), w, 1.0)
+    assert net2.sizes == [3, 3]  # the peer guesses for samples 0, 2 and 3 (both views)
+    st.prob1.copy_(torch.tensor([0.5, 0.9, 0.5, 0.2]))
+    st.prob2.copy_(torch.tensor([0.5, 0.5, 0.5, 0.6]))
+    assert st.division_metrics(torch.tensor([0, 1, 2, 0]))["clean_fraction"] == pytest.approx(2 / 8)
+
+
+def test_division_metrics_with_one_or_no_labeled_sample_and_without_clean_labels():
+    st = DivideMix(nn.Linear(2, 2), nn.Linear(2, 2), num_train=3, num_classes=2,
+                   clean_labels=torch.tensor([0, 1, 1]))
+    noisy = torch.tensor([0, 0, 1])  # samples 0 and 2 are clean
+    st.prob1.copy_(torch.tensor([0.9, 0.1, 0.1]))  # net1 labels sample 0 only
+    st.prob2.copy_(torch.tensor([0.1, 0.1, 0.1]))  # net2 labels nothing
+    m = st.division_metrics(noisy)
+    assert m == pytest.approx({"clean_fraction": 1 / 6, "label_precision": 1.0, "label_recall": 1 / 4})
+    st.prob1.fill_(0.1)
+    assert st.division_metrics(noisy) == pytest.approx({"clean_fraction": 0.0, "label_precision": 0.0,
+                                                        "label_recall": 0.0})
+    st.clean_labels = None  # nothing to measure precision against
+    assert st.division_metrics(noisy) == {"clean_fraction": 0.0}
+
+
+class FixedPerSample(nn.Module):
+    """Logits looked up by sample id (x[:, 0] holds the id): a network with known per-sample losses."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = table
+
+    def forward(self, x):
+        return self.table[x[:, 0].long()]
+
+
+def test_train_pass_divides_each_network_by_its_own_losses_from_the_warm_up_epoch_on():
+    n, classes = 24, 3
+    g = torch.Generator().manual_seed(5)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    table1, table2 = torch.randn(n, classes, generator=g) * 3, torch.randn(n, classes, generator=g) * 3
+    clean = labels.clone()
+    clean[:4] = (clean[:4] + 1) % classes
+    st = DivideMix(FixedPerSample(table1), FixedPerSample(table2), num_train=n, num_classes=classes, warmup_epochs=3,
+                   clean_labels=clean)
+    order = torch.randperm(n, generator=g)  # a shuffled loader: results are stored by dataset index
+    loader = [(order[i:i + 5].float().view(-1, 1), labels[order[i:i + 5]], order[i:i + 5]) for i in range(0, n, 5)]
+
+    losses, got_labels = st.per_sample_losses(st.model, loader)
+    assert torch.allclose(losses, F.cross_entropy(table1, labels, reduction="none"))
+    assert got_labels.dtype == torch.long and torch.equal(got_labels, labels)
+
+    st.on_train_pass(2, loader)  # still warming up: no division, no metrics
+    assert not st._divided and st.epoch_metrics() == {}
+    assert torch.equal(st.prob1, torch.ones(n)) and torch.equal(st.prob2, torch.ones(n))
+
+    st.on_train_pass(3, loader)  # the first epoch after warm-up divides
+    assert st._divided
+    p1 = gmm_clean_probability(F.cross_entropy(table1, labels, reduction="none"))
+    p2 = gmm_clean_probability(F.cross_entropy(table2, labels, reduction="none"))
+    assert not np.allclose(p1, p2)
+    assert torch.allclose(st.prob1, torch.as_tensor(p1, dtype=torch.float32))
+    assert torch.allclose(st.prob2, torch.as_tensor(p2, dtype=torch.float32))
+    assert st.prob1.dtype == torch.float32
+    assert st.epoch_metrics() == st.division_metrics(labels) and "label_precision" in st.epoch_metrics()
+    st.epoch_metrics()["clean_fraction"] = -1.0  # a copy: the caller cannot change the record
+    assert st.epoch_metrics()["clean_fraction"] >= 0
+    st.on_train_pass(2, loader)  # a later warm-up pass (e.g. a resumed run) clears the metrics again
+    assert st.epoch_metrics() == {} and not st._divided
+
+
+def _ctx(classes=10, noise=0.4, experiment=None, distributed=False, clean=None):
+    return BuildContext(new_model=lambda: create_model("tiny_cnn", num_classes=classes), num_classes=classes,
+                        num_train=20, noise_rate=noise, experiment=experiment, distributed=distributed,
+                        clean_train_labels=clean)
+
+
+def test_auto_noise_mode_follows_the_runs_noise_type():
+    def experiment(noise_type):
+        return SimpleNamespace(data=SimpleNamespace(noise_type=noise_type))
+
+    for noise_type, mode in (("asymmetric", "asym"), ("pair", "asym"), ("symmetric", "sym"), ("instance", "sym")):
+        st = create_strategy("dividemix", context=_ctx(experiment=experiment(noise_type)))
+        assert st.options()["noise_mode"] == mode and st.penalty is (mode == "asym")
+        # CIFAR-10 at 40%: lambda_u 0 for asymmetric noise, the 50% sym value (25) otherwise.
+        assert st.lambda_u == (0.0 if mode == "asym" else 25.0)
+    for experiment_ in (None, SimpleNamespace(), SimpleNamespace(data=SimpleNamespace())):
+        assert create_strategy("dividemix", context=_ctx(experiment=experiment_)).options()["noise_mode"] == "sym"
+    explicit = create_strategy("dividemix", context=_ctx(experiment=experiment("asymmetric")), noise_mode="sym")
+    assert not explicit.penalty and explicit.lambda_u == 25.0
+    clean = torch.arange(20) % 10
+    assert create_strategy("dividemix", context=_ctx(clean=clean)).clean_labels is clean
+
+
+def test_world_size_comes_from_the_process_group_only_when_distributed(monkeypatch):
+    assert create_strategy("dividemix", context=_ctx()).world_size == 1
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 3)
+    assert create_strategy("dividemix", context=_ctx(distributed=True)).world_size == 3
+    assert create_strategy("dividemix", context=_ctx(distributed=False)).world_size == 1
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    assert create_strategy("dividemix", context=_ctx(distributed=True)).world_size == 1
+
+
+def test_uniform_prior_lives_on_the_logits_device():
+    out = uniform_prior_penalty(torch.zeros(2, 3, device="meta"))
+    assert out.device.type == "meta" and out.shape == ()
+
+
+def test_ensemble_averages_float32_logits():
+    a, b = nn.Linear(4, 3).double(), nn.Linear(4, 3).double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    out = MeanLogits(a, b)(x)
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, ((a(x) + b(x)) / 2).float())
+
+
+def test_per_sample_losses_live_on_the_strategys_device():
+    st = DivideMix(nn.Linear(3, 2), nn.Linear(3, 2), num_train=4, num_classes=2).to("meta")
+    loader = [(torch.zeros(4, 3, device="meta"), torch.zeros(4, dtype=torch.long, device="meta"),
+               torch.arange(4, device="meta"))]
+    losses, labels = st.per_sample_losses(st.model, loader)
+    assert losses.device.type == "meta" and labels.device.type == "meta" and labels.dtype == torch.long
+
+
+def test_build_hands_every_option_to_the_strategy():
+    # The paper's 90% setting: p_threshold 0.6; the other values are arbitrary overrides.
+    st = create_strategy("dividemix", context=_ctx(noise=0.5), warmup_epochs=4, lambda_u=7, p_threshold=0.6,
+                         temperature=0.3, alpha=0.75)
+    assert (st.warmup_epochs, st.lambda_u, st.p_threshold, st.temperature, st.alpha) == (4, 7.0, 0.6, 0.3, 0.75)
+    assert st.options() == {"warmup_epochs": 4, "lambda_u": 7.0, "p_threshold": 0.6, "temperature": 0.3,
+                            "alpha": 0.75, "noise_mode": "sym"}

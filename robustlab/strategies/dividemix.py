@@ -209,7 +209,7 @@ class DivideMix(Strategy):
     def build(cls, config: DivideMixConfig, ctx):
         mode = config.noise_mode
         if mode == "auto":
-            noise_type = getattr(getattr(ctx.experiment, "data", None), "noise_type", "symmetric")
+            noise_type = getattr(getattr(ctx.experiment, "data", None), "noise_type", None)  # None: symmetric
             mode = "asym" if noise_type in ASYMMETRIC_NOISE else "sym"
         warmup = config.warmup_epochs if config.warmup_epochs is not None else (30 if ctx.num_classes >= 100 else 10)
         lambda_u = config.lambda_u if config.lambda_u is not None else paper_lambda_u(ctx.num_classes, ctx.noise_rate, mode)
@@ -241,7 +241,7 @@ class DivideMix(Strategy):
             return
         for net, prob in ((self.model, self.prob1), (self.peer, self.prob2)):
             losses, labels = self.per_sample_losses(net, loader)
-            prob.copy_(torch.as_tensor(gmm_clean_probability(losses), dtype=prob.dtype))
+            prob.copy_(torch.as_tensor(gmm_clean_probability(losses)))  # copy_ casts to the buffer's dtype and device
         self._metrics = self.division_metrics(labels)
 
     def division_metrics(self, noisy_labels: torch.Tensor) -> dict[str, float]:
@@ -303,7 +303,7 @@ class DivideMix(Strategy):
             if len(unl):
                 with eval_mode(peer):
                     guess = (peer(xa[unl]).float().softmax(1) + peer(xb[unl]).float().softmax(1)) / 2
-                targets_u = sharpen((own[unl] + guess) / 2, self.temperature)  # = mean of the 4 predictions
+                targets_u = sharpen(torch.stack([own[unl], guess]).mean(0), self.temperature)  # = mean of the 4 predictions
             else:
                 targets_u = own[:0]
         inputs = torch.cat([xa[lab], xb[lab], xa[unl], xb[unl]])
