@@ -1,6 +1,8 @@
 """Robust losses: generalized cross-entropy (L_q) and symmetric cross-entropy, against hand values,
 their limits, the official SCE code and a short training run; the study presets of every method."""
 import math
+import re
+import warnings
 
 import pytest
 import torch
@@ -9,9 +11,9 @@ from torch import nn
 
 from noisy_toy import fit_toy
 from robustlab.errors import UsageError
-from robustlab.strategies import create_strategy, get_strategy, make_config
-from robustlab.strategies.gce import GeneralizedCE, generalized_ce
-from robustlab.strategies.sce import OFFICIAL_LOG_ZERO, SymmetricCE, reverse_ce, symmetric_ce
+from robustlab.strategies import BuildContext, create_strategy, get_strategy, make_config
+from robustlab.strategies.gce import GCEConfig, GeneralizedCE, generalized_ce
+from robustlab.strategies.sce import OFFICIAL_LOG_ZERO, SCEConfig, SymmetricCE, reverse_ce, symmetric_ce
 
 LOGITS = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 2.0], [-1.0, 3.0, 0.5]])
 Y = torch.tensor([0, 2, 0])
@@ -180,3 +182,110 @@ def test_study_presets_are_valid_options(name):
     assert set(presets) == {"quick", "paper"}
     for options in presets.values():
         make_config(name, options)  # a preset naming an unknown option or a bad value would raise here
+
+
+# ---- GCE / SCE: contracts pinned one mechanism at a time ----------------------------------------
+
+def test_losses_name_the_class_dimension_and_emit_no_warnings():
+    # softmax over an implicit dimension is deprecated and warns on every step; the class axis is dim 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        generalized_ce(LOGITS, Y, 0.7)
+        reverse_ce(LOGITS, Y)
+        st = GeneralizedCE(PerSampleLogits(LOGITS), truncate_k=0.5, num_train=3, prune_start=1)
+        st.on_train_pass(0, [(torch.arange(3), Y, torch.arange(3))])
+
+
+def test_gce_constructor_defaults_are_the_papers_cifar_recipe():
+    st = GeneralizedCE(nn.Linear(2, 3))
+    assert (st.q, st.truncate_k, st.prune_start, st.prune_every) == (0.7, None, 40, 10)
+    assert st.kept.numel() == 0  # plain L_q keeps no per-sample state
+    assert GCEConfig() == GCEConfig(q=0.7, truncate_k=None, prune_start=40, prune_every=10)
+    with pytest.raises(UsageError, match=r"^truncated GCE needs the training-set size \(num_train\)$"):
+        GeneralizedCE(nn.Linear(2, 3), truncate_k=0.5)  # num_train defaults to 0: unknown
+
+
+def test_gce_validation_boundaries_and_messages():
+    make_config("gce", {"q": 1.0})  # q = 1 is the MAE end of the family
+    make_config("gce", {"truncate_k": 0.999, "prune_start": 1, "prune_every": 1})
+    cases = [({"q": 0.0}, "q must be in (0, 1], got 0.0"),
+             ({"truncate_k": 0.0}, "truncate_k must be in (0, 1), got 0.0"),
+             ({"truncate_k": 1.0}, "truncate_k must be in (0, 1), got 1.0"),
+             ({"prune_start": 0}, "prune_start must be >= 1, got 0"),
+             ({"prune_every": 0}, "prune_every must be >= 1, got 0")]
+    for options, message in cases:
+        with pytest.raises(UsageError, match=f"^strategy 'gce': {re.escape(message)}$"):
+            make_config("gce", options)
+
+
+def test_gce_constructor_validates_every_argument():
+    model = PerSampleLogits(LOGITS)
+    for kwargs, message in [({"q": 1.5}, "q must be in (0, 1], got 1.5"),
+                            ({"truncate_k": 1.5}, "truncate_k must be in (0, 1), got 1.5"),
+                            ({"prune_start": 0, "prune_every": 5}, "prune_start must be >= 1, got 0"),
+                            ({"prune_start": 5, "prune_every": 0}, "prune_every must be >= 1, got 0")]:
+        with pytest.raises(UsageError, match=f"^{re.escape(message)}$"):
+            GeneralizedCE(model, num_train=3, **{"truncate_k": 0.5, **kwargs})
+    st = GeneralizedCE(model, truncate_k=0.5, num_train=1)  # one training sample is enough
+    assert st.kept.tolist() == [True]
+
+
+def test_gce_build_passes_every_option_and_the_context():
+    clean = torch.tensor([0, 1, 2])
+    ctx = BuildContext(new_model=lambda: PerSampleLogits(LOGITS), num_classes=3, num_train=3, clean_train_labels=clean)
+    st = GeneralizedCE.build(make_config("gce", {"q": 0.5, "truncate_k": 0.3, "prune_start": 3, "prune_every": 4}), ctx)
+    assert (st.q, st.truncate_k, st.prune_start, st.prune_every) == (0.5, 0.3, 3, 4)
+    assert st.kept.shape == (3,) and st.clean_labels is clean
+    plain = GeneralizedCE.build(make_config("gce", {}), ctx)
+    assert plain.kept.numel() == 0 and not plain.needs_train_pass  # num_train is known, but no state is needed
+
+
+def test_gce_pruning_epochs_count_from_prune_start():
+    st = GeneralizedCE(nn.Linear(2, 3), truncate_k=0.5, num_train=1, prune_start=3, prune_every=4)
+    # 1-based epochs 3, 7, 11: before 0-based epochs 2, 6, 10
+    assert [e for e in range(12) if st.prunes_before(e)] == [2, 6, 10]
+    assert not any(GeneralizedCE(nn.Linear(2, 3), prune_start=1, prune_every=1).prunes_before(e) for e in range(5))
+
+
+def test_truncation_includes_p_y_equal_to_k():
+    # Zhang & Sabuncu eq. 9: L_trunc = L_q(k) where p_y <= k. Equal logits over 2 classes give p_y = 0.5 exactly.
+    logits = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    st = GeneralizedCE(PerSampleLogits(logits), truncate_k=0.5, num_train=2, prune_start=1)
+    st.on_train_pass(0, [(torch.arange(2), torch.tensor([0, 0]), torch.arange(2))])
+    assert st.kept.tolist() == [False, True]
+    assert st.epoch_metrics() == {"kept_fraction": 0.5}  # no clean labels: no precision / recall
+
+
+def test_gce_and_sce_steps_return_the_logits_for_train_accuracy():
+    x = torch.arange(3)
+    for st in (GeneralizedCE(PerSampleLogits(LOGITS)), SymmetricCE(PerSampleLogits(LOGITS))):
+        out = st.train_step(x, Y, x, 0)
+        assert torch.equal(out.logits, LOGITS)
+
+
+def test_sce_constructor_defaults_and_validation():
+    st = SymmetricCE(nn.Linear(2, 3))
+    assert (st.alpha, st.beta, st.log_zero) == (0.1, 1.0, OFFICIAL_LOG_ZERO)  # the paper's CIFAR-10 values
+    assert SCEConfig() == SCEConfig(alpha=0.1, beta=1.0, log_zero=OFFICIAL_LOG_ZERO)
+    with pytest.raises(UsageError, match=r"^log_zero must be < 0, got 0.0$"):
+        SymmetricCE(nn.Linear(2, 3), log_zero=0.0)
+    with pytest.raises(UsageError, match=r"^alpha and beta must be >= 0 and not both 0, got alpha=-0.1, beta=1.0$"):
+        SymmetricCE(nn.Linear(2, 3), alpha=-0.1)
+    with pytest.raises(UsageError, match=r"^alpha and beta must be >= 0 and not both 0, got alpha=1.0, beta=-0.1$"):
+        SymmetricCE(nn.Linear(2, 3), alpha=1.0, beta=-0.1)
+    # either term alone is allowed: pure RCE (a scaled MAE) and pure CE, at any positive scale
+    for alpha, beta in [(0.0, 0.5), (0.5, 0.0), (0.3, 0.3)]:
+        make_config("sce", {"alpha": alpha, "beta": beta})
+    make_config("sce", {"log_zero": -1e-3})
+
+
+def test_sce_log_zero_reaches_the_loss_everywhere():
+    # A = -4 (the paper's text): RCE = 4 (1 - p_y); sample 1 of LOGITS: p_y = 0.665241
+    rce = 4 * (1 - 0.665241)
+    ce = -math.log(0.665241)
+    assert symmetric_ce(LOGITS[1:2], Y[1:2], 0.1, 1.0, log_zero=-4.0).item() == pytest.approx(0.1 * ce + rce, rel=1e-5)
+    ctx = BuildContext(new_model=lambda: PerSampleLogits(LOGITS[1:2]), num_classes=3)
+    st = SymmetricCE.build(make_config("sce", {"log_zero": -4.0}), ctx)
+    assert st.log_zero == -4.0
+    out = st.train_step(torch.tensor([0]), Y[1:2], torch.tensor([0]), 0)
+    assert out.loss.item() == pytest.approx(0.1 * ce + rce, rel=1e-5)

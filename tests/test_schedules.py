@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import pytest
@@ -199,3 +200,77 @@ def test_no_schedule_changes_the_configured_momentum(schedule, optimizer):
     expected = {"momentum": 0.5} if optimizer == "sgd" else {"betas": (0.9, 0.999)}
     assert before == expected
     assert all(s == expected for s in seen)
+
+
+def test_warmup_cosine_reaches_min_factor_at_total_even_for_a_one_step_cosine():
+    # warm-up 2, total 3: one cosine step; at step 3 (= total) progress is 1, the factor is min_factor
+    assert warmup_cosine_factor(2, 2, 3) == 1.0
+    assert warmup_cosine_factor(3, 2, 3) == 0.0
+    assert warmup_cosine_factor(3, 2, 3, min_factor=0.25) == 0.25
+    # all warm-up (total == warmup): no division by zero; a step past the end is at the floor
+    assert warmup_cosine_factor(1, 2, 2) == 1.0 and warmup_cosine_factor(3, 2, 2, 0.1) == pytest.approx(0.1)
+
+
+def test_step_uses_the_configured_gamma():
+    lrs = lr_trace(OptimConfig(schedule="step", lr=0.2, step_size=1, gamma=0.5), 3, 4)
+    assert lrs == [approx(0.2)] * 4 + [approx(0.1)] * 4 + [approx(0.05)] * 4
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop'; choose one of sgd, adam, adamw"),
+    ({"schedule": "linear"}, "unknown schedule 'linear'; choose one of constant, step, multistep, cosine, "
+                             "warmup_cosine, cosine_restarts, cyclic, onecycle, plateau"),
+    ({"lr": 0.0}, "learning rate must be > 0, got 0.0"),
+    ({"weight_decay": -1e-4}, "weight decay must be >= 0, got -0.0001"),
+    ({"momentum": 1.0}, "momentum must be in [0, 1), got 1.0"),
+    ({"momentum": -0.1}, "momentum must be in [0, 1), got -0.1"),
+    ({"t0": 0}, "cosine restarts need t0 >= 1 and t_mult >= 1"),
+    ({"t_mult": 0}, "cosine restarts need t0 >= 1 and t_mult >= 1"),
+    ({"step_size": 0}, "step size must be >= 1 epoch, got 0"),
+    ({"gamma": 0.0}, "gamma must be in (0, 1], got 0.0"),
+    ({"gamma": 1.5}, "gamma must be in (0, 1], got 1.5"),
+    ({"schedule": "plateau", "gamma": 1.0}, "the plateau schedule needs gamma < 1"),
+    ({"warmup_epochs": -0.5}, "warm-up epochs must be >= 0"),
+])
+def test_optimizer_settings_errors_name_the_setting_and_its_range(kwargs, message):
+    with pytest.raises(UsageError, match=f"^{re.escape(message)}$"):
+        OptimConfig(**kwargs).validate()
+
+
+def test_optimizer_settings_at_their_boundaries_are_accepted():
+    for kwargs in [{"lr": 1e-12}, {"weight_decay": 0.0}, {"momentum": 0.0}, {"t0": 1, "t_mult": 1},
+                   {"step_size": 1}, {"gamma": 1.0}, {"schedule": "plateau", "gamma": 0.999}, {"warmup_epochs": 0.0}]:
+        OptimConfig(**kwargs).validate()
+
+
+def test_cosine_restarts_floor_at_min_lr():
+    lrs = lr_trace(OptimConfig(schedule="cosine_restarts", lr=0.1, min_lr=0.02, t0=1, t_mult=1), 2, 10)
+    assert lrs[0] == approx(0.1) and lrs[10] == approx(0.1)
+    assert lrs[5] == approx(0.02 + 0.08 * 0.5)  # half-way through a 10-step period
+    assert lrs[9] == approx(0.02 + 0.04 * (1 + math.cos(math.pi * 9 / 10)))
+
+
+def test_cyclic_half_cycle_is_at_least_one_iteration():
+    # 0.1 epochs x 4 steps rounds to 0 iterations: the half cycle is 1, so the LR alternates base, max, base, ...
+    cfg = OptimConfig(schedule="cyclic", lr=0.1, cyclic_base_lr=0.01, cyclic_half_epochs=0.1)
+    assert lr_trace(cfg, 1, 4) == [approx(0.01), approx(0.1), approx(0.01), approx(0.1)]
+
+
+def test_onecycle_of_a_single_iteration_is_a_two_step_cycle():
+    # torch's OneCycleLR needs >= 2 steps: a 1-iteration run gets the 2-step cycle. Its warm-up ends at
+    # step pct_start * 2 - 1 = -0.4, so step 0 is already annealing from max_lr to max_lr / 25 / 1e4 (reached at
+    # step 1), at the fraction (0 + 0.4) / (1 + 0.4) of the way: lr = min + (max - min) (1 + cos(pi * 0.4 / 1.4)) / 2
+    cfg = OptimConfig(schedule="onecycle", lr=0.1)
+    opt = build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg)
+    sched = build_scheduler(opt, cfg, 1, 1)
+    low = 0.1 / 25 / 1e4
+    assert opt.param_groups[0]["lr"] == approx(low + (0.1 - low) * (1 + math.cos(math.pi * 0.4 / 1.4)) / 2)
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == approx(low)
+
+
+def test_build_scheduler_refuses_an_unvalidated_unknown_schedule():
+    opt = build_optimizer([torch.nn.Parameter(torch.zeros(1))], OptimConfig())
+    with pytest.raises(UsageError, match=r"^unknown schedule 'linear'$"):
+        build_scheduler(opt, OptimConfig(schedule="linear"), 1, 1)

@@ -28,7 +28,7 @@ def reverse_ce(logits: torch.Tensor, y: torch.Tensor, log_zero: float = OFFICIAL
 
     Summed over the wrong classes directly (not as 1 - p_y), so the clamp floor survives in float32.
     """
-    probs = F.softmax(logits.float(), dim=1).clamp(PROB_FLOOR, 1.0)
+    probs = F.softmax(logits.float(), dim=1).clamp(min=PROB_FLOOR)  # the official max=1 is a no-op on a softmax
     wrong = torch.ones_like(probs).scatter_(1, y[:, None], 0.0)
     return -log_zero * (probs * wrong).sum(1)
 
