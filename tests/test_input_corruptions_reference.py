@@ -201,7 +201,7 @@ def _scipy_clipped_zoom_2d(img: np.ndarray, factor: float) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("h, w, factor", [(9, 13, 1.25), (12, 7, 1.75), (8, 8, 2.25), (5, 6, 1.06)])
+@pytest.mark.parametrize("h, w, factor", [(9, 13, 1.25), (12, 7, 1.75), (8, 8, 2.25), (5, 6, 1.06), (2, 3, 1.1)])
 def test_clipped_zoom_matches_scipy_zoom(h, w, factor):
     x = rand_images(2, 1, h, w)
     out = ops.clipped_zoom(x, factor)
