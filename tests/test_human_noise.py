@@ -573,3 +573,15 @@ def test_human_labels_on_an_imagefolder_name(tmp_path):
     got = human.human_labels("random3", f"imagefolder:{base / 'cifar10'}", None, clean, CIFAR10_CLASSES)
     np.testing.assert_array_equal(got.noisy, labels["random_label3"][orig])
     assert got.info["layout"] == "imagefolder"
+
+
+def test_human_labels_name_the_file_when_the_folder_does_not_match(tmp_path):
+    base, clean, labels, orig = _human_setup(tmp_path)
+    pt = tmp_path / "other.pt"
+    changed = dict(labels, clean_label=labels["clean_label"].copy())
+    first = int(np.flatnonzero(changed["clean_label"] == 2)[0])  # class bird: 3 images, one becomes a cat
+    changed["clean_label"][first] = 3
+    torch.save(changed, pt)
+    with pytest.raises(UsageError, match=_exact(f"clean labels in {pt} do not match the dataset: class 'bird' has 3 "
+                                                "training images, the file has 2 images of that class (wrong file or dataset?)")):
+        human.human_labels("aggre", "cifar10", base, clean, CIFAR10_CLASSES, noise_file=pt)
