@@ -304,9 +304,30 @@ def test_reliability_figure_shows_accuracy_bars_and_the_gap_to_confidence(tmp_pa
     fig = reliability_figure(probs, [0, 0, 1, 2, 0], n_bins=5)
     assert fig.axes[0].get_title() == "ECE = 46.00%"  # 4/5 x 0.4 + 1/5 x 0.7
     plt.close(fig)
+    fig = reliability_figure(probs, [0, 0, 1, 2, 0])  # 15 bins by default, as for the ECE
+    assert {round(p.get_width(), 12) for p in fig.axes[0].patches} == {round(1 / 15, 12)}
+    plt.close(fig)
     path = plot_reliability_diagram(probs, [0, 0, 1, 2, 0], tmp_path / "a" / "b" / "R.PNG")
     assert path == tmp_path / "a" / "b" / "R.PNG" and path.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(UsageError) as info:
         plot_reliability_diagram(probs, [0, 0, 1, 2, 0], tmp_path / "r.svg")
     assert str(info.value) == f"reliability diagram path must end in .png, got {str(tmp_path / 'r.svg')!r}"
     assert not (tmp_path / "r.svg").exists()
+
+
+def test_a_probability_above_one_is_refused_even_within_the_sum_tolerance():
+    with pytest.raises(UsageError) as info:
+        expected_calibration_error(torch.tensor([[1.0005, 0.0]], dtype=torch.float64), [0])
+    assert str(info.value).startswith("predictions are not probabilities")
+
+
+def test_the_saved_diagram_has_the_title_and_may_share_a_folder(tmp_path, monkeypatch):
+    import robustlab.calibration as C
+
+    titles = []
+    make = C.reliability_figure
+    monkeypatch.setattr(C, "reliability_figure", lambda *a, **k: titles.append(k["title"]) or make(*a, **k))
+    probs = top_class_probs([0.9, 0.6], num_classes=2)
+    plot_reliability_diagram(probs, [0, 1], tmp_path / "d" / "one.png", title="first")
+    plot_reliability_diagram(probs, [0, 1], tmp_path / "d" / "two.png")  # the folder exists by now
+    assert titles == ["first", None] and (tmp_path / "d" / "two.png").stat().st_size > 0

@@ -525,3 +525,10 @@ def test_generated_corruptions_make_images_and_noise_on_the_device(monkeypatch):
         list(batches())
     assert seen == [("generator", torch.device("cpu")), ("batches", torch.device("cpu"))] * 5
     assert R.corruption_generator("fog", 1, 0, "cpu").device == torch.device("cpu")
+
+
+def test_the_default_corruption_seed_is_zero():
+    images, labels = _uint8_images(n=2)
+    default = _collect(generated_corruptions(images, labels, ["gaussian_noise"]))
+    zero = _collect(generated_corruptions(images, labels, ["gaussian_noise"], seed=0))
+    assert all(torch.equal(default[k][0][0], zero[k][0][0]) for k in zero)

@@ -215,9 +215,13 @@ def test_evaluate_runs_passes_the_device_on(tiny, tmp_path, monkeypatch):
     _, ctx = tiny
     seen = []
 
+    seeds = []
+
     def spy(name, position, original):
         def wrapper(*a, **k):
             seen.append((name, a[position], a[position + 1] if name == "_uint8_batches" else None))
+            if name == "generated_corruptions":
+                seeds.append(a[3])
             return original(*a, **k)
         monkeypatch.setattr(R, name, wrapper)
     spy("generated_corruptions", 4, R.generated_corruptions)
@@ -234,3 +238,5 @@ def test_evaluate_runs_passes_the_device_on(tiny, tmp_path, monkeypatch):
     assert outside == [("generated_corruptions", "cpu", None), ("evaluate_corruptions", "cpu", None),
                        ("_uint8_batches", "cpu", 500), ("released_corruptions", "cpu", None),
                        ("evaluate_corruptions", "cpu", None)] + [("_uint8_batches", "cpu", 500)] * 6
+    evaluate_runs(runs, ["a"], ctx, ["contrast"], test_size=10)
+    assert seeds == [3, 0]  # the corruption seed given, else 0
