@@ -262,7 +262,7 @@ def confusion_figure(confusion: Any, class_names: list[str] | None = None, title
 
 def final_figures(logits, labels, confusion, class_names: list[str] | None = None) -> dict:
     """The end-of-run figures: test confusion matrix and reliability diagram."""
-    from robustlab.calibration import reliability_figure
+    from robustlab.calibration_plots import reliability_figure
 
     return {"test/confusion_matrix": confusion_figure(confusion, class_names),
             "test/reliability_diagram": reliability_figure(logits.detach().float().cpu(), labels.cpu(),

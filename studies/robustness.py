@@ -24,7 +24,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from robustlab.calibration import plot_reliability_diagram
+from robustlab.calibration_plots import plot_reliability_diagram
 from robustlab.cli import apply_data_args, apply_train_args, context_from_args, name_list
 from robustlab.corruptions.inputs import list_input_corruptions
 from robustlab.errors import UsageError, cli_entry, require

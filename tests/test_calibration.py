@@ -9,9 +9,9 @@ from robustlab.calibration import (
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
-    plot_reliability_diagram,
     reliability_bins,
 )
+from robustlab.calibration_plots import plot_reliability_diagram
 from robustlab.errors import UsageError
 
 
@@ -283,7 +283,7 @@ def test_temperature_optimum_on_a_toy_case():
 def test_reliability_figure_shows_accuracy_bars_and_the_gap_to_confidence(tmp_path):
     import matplotlib.pyplot as plt
 
-    from robustlab.calibration import reliability_figure
+    from robustlab.calibration_plots import reliability_figure
 
     probs = top_class_probs([0.9, 0.9, 0.9, 0.9, 0.3], num_classes=4)
     fig = reliability_figure(probs, [0, 0, 1, 2, 0], title="model", n_bins=5)
@@ -322,7 +322,7 @@ def test_a_probability_above_one_is_refused_even_within_the_sum_tolerance():
 
 
 def test_the_saved_diagram_has_the_title_and_may_share_a_folder(tmp_path, monkeypatch):
-    import robustlab.calibration as C
+    import robustlab.calibration_plots as C
 
     titles = []
     make = C.reliability_figure
