@@ -73,6 +73,7 @@ def test_random_draws_without_generator_use_the_global_rng_on_the_images_device(
     assert ops.randn((3,), meta, None).device.type == "meta"
     # with a generator the draw happens on the generator's device, then moves to the images'
     assert ops.rand((3,), meta, seeded()).device.type == "meta"
+    assert ops.randn((3,), meta, seeded()).device.type == "meta"
     assert ops.randint(0, 4, (3,), meta, seeded()).device.type == "meta"
 
 
