@@ -8,7 +8,6 @@ from robustlab.corruptions import _ops as ops
 from robustlab.corruptions.inputs import _register
 
 
-@_register("glass_blur", ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)))
 def glass_blur(x, params, generator):
     """Gaussian blur (sigma), 8-bit truncation, local pixel shuffling, Gaussian blur again.
 
@@ -32,9 +31,9 @@ def glass_blur(x, params, generator):
                 x[:, :, r, c] = x[batch, :, r2, c2]
                 x[batch, :, r2, c2] = here
     return ops.gaussian_filter(x, sigma)
+glass_blur = _register("glass_blur", ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)))(glass_blur)
 
 
-@_register("motion_blur", ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)))
 def motion_blur(x, radius_and_sigma, generator):
     """ImageMagick's motion blur (radius, sigma) at an angle uniform in [-45, 45] degrees per image.
 
@@ -46,9 +45,9 @@ def motion_blur(x, radius_and_sigma, generator):
     radius, sigma = radius_and_sigma
     angle = ops.uniform(x.shape[0], -45.0, 45.0, x, generator)
     return ops.motion_blur(x, radius, sigma, angle)
+motion_blur = _register("motion_blur", ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)))(motion_blur)
 
 
-@_register("zoom_blur", (1.06, 1.11, 1.16, 1.21, 1.26))
 def zoom_blur(x, stop, generator):
     """Mean of the image and its central zooms by factors np.arange(1, stop, 0.01).
 
@@ -60,3 +59,4 @@ def zoom_blur(x, stop, generator):
     for factor in factors:
         out = out + ops.clipped_zoom(x, float(factor))
     return out / (len(factors) + 1)
+zoom_blur = _register("zoom_blur", (1.06, 1.11, 1.16, 1.21, 1.26))(zoom_blur)

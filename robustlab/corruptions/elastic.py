@@ -10,7 +10,6 @@ from robustlab.corruptions.inputs import _register
 _LEVELS = ((0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05), (0.1, 0.03, 0.03))
 
 
-@_register("elastic_transform", _LEVELS)
 def elastic_transform(x, params, generator):
     """A random affine warp, then a smooth random displacement field (Simard et al. 2003).
 
@@ -39,6 +38,7 @@ def elastic_transform(x, params, generator):
         cols = torch.arange(w, device=x.device, dtype=torch.float64)[None, None, :] + shift[:, 0]
         x = ops.sample_bilinear(x, rows, cols, "symmetric")
     return x
+elastic_transform = _register("elastic_transform", _LEVELS)(elastic_transform)
 
 
 def _warp_affine(x: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:

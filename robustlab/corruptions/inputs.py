@@ -65,7 +65,10 @@ def _check_severity(severity: int) -> None:
 
 
 def _register(name: str, levels: Sequence):
-    """Register `apply(x, level, generator)` as corruption `name` with its five levels."""
+    """Register `apply(x, level, generator)` as corruption `name` with its five levels.
+
+    Called as `f = _register(name, levels)(f)` after each definition rather than as a decorator, so that
+    mutation testing (mutmut skips decorated functions) reaches the corruption bodies."""
     assert len(levels) == MAX_SEVERITY
 
     def wrap(apply: Callable[[torch.Tensor, object, torch.Generator | None], torch.Tensor]) -> Corruption:
@@ -113,32 +116,32 @@ _gaussian_1d = ops.gaussian_1d
 # noise
 
 
-@_register("gaussian_noise", (0.04, 0.06, 0.08, 0.09, 0.10))
 def gaussian_noise(x, std, generator):
     """Additive zero-mean Gaussian noise with standard deviation `std`."""
     return x + std * _randn(x.shape, x, generator)
+gaussian_noise = _register("gaussian_noise", (0.04, 0.06, 0.08, 0.09, 0.10))(gaussian_noise)
 
 
-@_register("shot_noise", (500, 250, 100, 75, 50))
 def shot_noise(x, photons, generator):
     """Poisson (photon) noise: each value becomes Poisson(x * photons) / photons."""
     device = generator.device if generator is not None else x.device
     counts = torch.poisson((x * photons).to(device), generator=generator).to(x.device)
     return counts / photons
+shot_noise = _register("shot_noise", (500, 250, 100, 75, 50))(shot_noise)
 
 
-@_register("impulse_noise", (0.01, 0.02, 0.03, 0.05, 0.07))
 def impulse_noise(x, amount, generator):
     """Salt-and-pepper noise: a fraction `amount` of values set to 0 or 1 with equal odds."""
     hit = _rand(x.shape, x, generator) < amount
     salt = _rand(x.shape, x, generator) < 0.5
     return torch.where(hit, salt.to(x.dtype), x)
+impulse_noise = _register("impulse_noise", (0.01, 0.02, 0.03, 0.05, 0.07))(impulse_noise)
 
 
-@_register("speckle_noise", (0.06, 0.10, 0.12, 0.16, 0.20))
 def speckle_noise(x, std, generator):
     """Multiplicative Gaussian noise: x + x * N(0, std^2). Extra corruption (not in the 15-corruption mean)."""
     return x + x * std * _randn(x.shape, x, generator)
+speckle_noise = _register("speckle_noise", (0.06, 0.10, 0.12, 0.16, 0.20))(speckle_noise)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,33 +158,32 @@ def _disk_kernel(radius: float, alias_blur: float) -> torch.Tensor:
     return F.conv2d(disk[None, None], (g[:, None] * g[None, :])[None, None], padding=1)[0, 0]
 
 
-@_register("defocus_blur", ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1.0, 0.2), (1.5, 0.1)))
 def defocus_blur(x, radius_and_alias, generator):
     """Convolution with an anti-aliased disk (radius, alias blur std), reflected borders."""
     kernel = _disk_kernel(*radius_and_alias)
     return _depthwise(x, kernel, _pad_mode(x, kernel.shape[0] // 2))
+defocus_blur = _register("defocus_blur", ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1.0, 0.2), (1.5, 0.1)))(defocus_blur)
 
 
-@_register("gaussian_blur", (0.4, 0.6, 0.7, 0.8, 1.0))
 def gaussian_blur(x, sigma, generator):
     """Gaussian blur of std `sigma` pixels, truncated at 4 sigma, borders replicated."""
     g = _gaussian_1d(sigma, int(4 * sigma + 0.5))
     x = _depthwise(x, g[None, :], "replicate")
     return _depthwise(x, g[:, None], "replicate")
+gaussian_blur = _register("gaussian_blur", (0.4, 0.6, 0.7, 0.8, 1.0))(gaussian_blur)
 
 
 # ---------------------------------------------------------------------------------------------
 # photometric
 
 
-@_register("contrast", (0.75, 0.5, 0.4, 0.3, 0.15))
 def contrast(x, factor, generator):
     """Pull every channel towards its per-image mean: (x - mean) * factor + mean."""
     mean = x.mean(dim=(2, 3), keepdim=True)
     return (x - mean) * factor + mean
+contrast = _register("contrast", (0.75, 0.5, 0.4, 0.3, 0.15))(contrast)
 
 
-@_register("brightness", (0.05, 0.1, 0.15, 0.2, 0.3))
 def brightness(x, shift, generator):
     """Add `shift` to the HSV value channel (clipped to 1), keeping hue and saturation.
 
@@ -192,9 +194,9 @@ def brightness(x, shift, generator):
     new_value = (value + shift).clamp(max=1.0)
     scaled = x * (new_value / value.clamp(min=1e-12))
     return torch.where(value > 0, scaled, new_value.expand_as(x))
+brightness = _register("brightness", (0.05, 0.1, 0.15, 0.2, 0.3))(brightness)
 
 
-@_register("saturate", ((0.3, 0.0), (0.1, 0.0), (1.5, 0.0), (2.0, 0.1), (2.5, 0.2)))
 def saturate(x, scale_and_shift, generator):
     """HSV saturation S -> clip(S * scale + shift, 0, 1), hue and value kept. Extra corruption.
 
@@ -213,9 +215,9 @@ def saturate(x, scale_and_shift, generator):
     coloured = value - (new_sat / sat.clamp(min=1e-12)) * (value - x)
     red = torch.cat([value, value * (1 - new_sat), value * (1 - new_sat)], dim=1)
     return torch.where(spread > 0, coloured, red)
+saturate = _register("saturate", ((0.3, 0.0), (0.1, 0.0), (1.5, 0.0), (2.0, 0.1), (2.5, 0.2)))(saturate)
 
 
-@_register("fog", ((0.2, 3.0), (0.5, 3.0), (0.75, 2.5), (1.0, 2.0), (1.5, 1.75)))
 def fog(x, strength_and_decay, generator):
     """Add a plasma-fractal haze (one per image, shared by the channels), then renormalize."""
     strength, decay = strength_and_decay
@@ -224,6 +226,7 @@ def fog(x, strength_and_decay, generator):
     haze = _plasma_fractal(n, size, decay, x, generator)[:, None, :h, :w]
     peak = x.amax(dim=(1, 2, 3), keepdim=True)
     return (x + strength * haze) * peak / (peak + strength)
+fog = _register("fog", ((0.2, 3.0), (0.5, 3.0), (0.75, 2.5), (1.0, 2.0), (1.5, 1.75)))(fog)
 
 
 def _plasma_fractal(n: int, size: int, decay: float, like: torch.Tensor, generator) -> torch.Tensor:
@@ -263,7 +266,6 @@ def _plasma_fractal(n: int, size: int, decay: float, like: torch.Tensor, generat
 # digital
 
 
-@_register("jpeg_compression", (80, 65, 58, 50, 40))
 def jpeg_compression(x, quality, generator):
     """JPEG round trip at `quality` through PIL, as CIFAR-10-C (8-bit, 1 or 3 channels, on the CPU).
 
@@ -275,6 +277,7 @@ def jpeg_compression(x, quality, generator):
     decoded = [_jpeg_round_trip(image[..., 0] if image.shape[-1] == 1 else image, int(quality)) for image in pixels]
     out = torch.from_numpy(np.stack(decoded)).reshape(pixels.shape).permute(0, 3, 1, 2)
     return out.to(device=x.device, dtype=x.dtype) / 255
+jpeg_compression = _register("jpeg_compression", (80, 65, 58, 50, 40))(jpeg_compression)
 
 
 def _jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
@@ -283,7 +286,6 @@ def _jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
     return np.asarray(Image.open(buffer))  # Image.open reads from the start of the buffer
 
 
-@_register("pixelate", (0.95, 0.9, 0.85, 0.75, 0.65))
 def pixelate(x, scale, generator):
     """Box-downsample to `scale` of the size, then box-upsample (blocky) back.
 
@@ -294,6 +296,7 @@ def pixelate(x, scale, generator):
     sh, sw = max(1, int(h * scale)), max(1, int(w * scale))
     small = _box_resize_matrix(h, sh).to(x) @ x @ _box_resize_matrix(w, sw).to(x).T
     return _box_resize_matrix(sh, h).to(x) @ small @ _box_resize_matrix(sw, w).to(x).T
+pixelate = _register("pixelate", (0.95, 0.9, 0.85, 0.75, 0.65))(pixelate)
 
 
 def _box_resize_matrix(size_in: int, size_out: int) -> torch.Tensor:

@@ -25,9 +25,6 @@ def _grey(x: torch.Tensor) -> torch.Tensor:
     return sum(w * x[:, i:i + 1] for i, w in enumerate(_GREY))
 
 
-@_register("snow", ((0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
-                    (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9), (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
-                    (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)))
 def snow(x, params, generator):
     """Falling snow: a motion-blurred flake layer (and its 180-degree rotation) over a brightened image.
 
@@ -47,6 +44,9 @@ def snow(x, params, generator):
     flakes = torch.round(ops.motion_blur(flakes, radius, sigma, angle) * 255) / 255
     x = weight * x + (1 - weight) * torch.maximum(x, _grey(x) * 1.5 + 0.5)
     return x + flakes + flakes.flip(-2, -1)
+snow = _register("snow", ((0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
+                    (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9), (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
+                    (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)))(snow)
 
 
 @functools.lru_cache(maxsize=None)
@@ -61,7 +61,6 @@ def _frost_textures_cpu() -> tuple[torch.Tensor, ...]:
     return tuple(textures)
 
 
-@_register("frost", ((1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)))
 def frost(x, weights, generator):
     """image_weight * x + frost_weight * a random crop of one of five frost photographs.
 
@@ -92,10 +91,9 @@ def frost(x, weights, generator):
         tex = texture.to(x.device, x.dtype) / 255
         layer[chosen] = tex[:, rows, cols].permute(1, 0, 2, 3)
     return image_weight * x + frost_weight * layer
+frost = _register("frost", ((1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)))(frost)
 
 
-@_register("spatter", ((0.62, 0.1, 0.7, 0.7, 0.5, 0), (0.65, 0.1, 0.8, 0.7, 0.5, 0), (0.65, 0.3, 1, 0.69, 0.5, 0),
-                       (0.65, 0.1, 0.7, 0.69, 0.6, 1), (0.65, 0.1, 0.5, 0.68, 0.6, 1)))
 def spatter(x, params, generator):
     """Water drops (severities 1-3) or mud (4-5) on the lens. Extra corruption.
 
@@ -130,6 +128,8 @@ def spatter(x, params, generator):
     m = m / m.amax(dim=(2, 3), keepdim=True).clamp(min=1e-12) * strength
     turquoise = torch.tensor((175, 238, 238), dtype=x.dtype, device=x.device).view(1, 3, 1, 1) / 255
     return x + m * turquoise
+spatter = _register("spatter", ((0.62, 0.1, 0.7, 0.7, 0.5, 0), (0.65, 0.1, 0.8, 0.7, 0.5, 0), (0.65, 0.3, 1, 0.69, 0.5, 0),
+                       (0.65, 0.1, 0.7, 0.69, 0.6, 1), (0.65, 0.1, 0.5, 0.68, 0.6, 1)))(spatter)
 
 
 def _mask_edges(mask: torch.Tensor) -> torch.Tensor:
