@@ -339,7 +339,7 @@ def test_motion_blur_matches_imagemagicks_kernel(batch):
     assert torch.allclose(ops.motion_blur(stripes, 6, 2, torch.zeros(1, dtype=torch.float64)), stripes)
 
 
-def test_glass_blur_only_moves_pixels_at_the_smallest_sigma():
+def test_glass_blur_only_copies_pixels_at_the_smallest_sigma():
     # sigma 0.05 truncates to a 1-tap Gaussian: what is left is the 8-bit cast and the pixel shuffle
     x = torch.rand(2, 3, 32, 32, generator=seeded(3), dtype=torch.float64)
     out = corrupt(x, "glass_blur", 1, seeded())
@@ -347,9 +347,10 @@ def test_glass_blur_only_moves_pixels_at_the_smallest_sigma():
     for n in range(2):
         before = sorted(map(tuple, cast[n].reshape(3, -1).T.tolist()))
         after = sorted(map(tuple, out[n].reshape(3, -1).T.tolist()))
-        assert before == after  # the same RGB pixels, rearranged
+        # every output pixel is an input pixel; the generator's "swap" copies, so some now appear twice
+        assert set(after) <= set(before) and len(set(after)) < len(set(before))
     assert not torch.equal(out, cast)
-    assert torch.equal(out[:, :, 0], cast[:, :, 0]) and torch.equal(out[:, :, :, 0], cast[:, :, :, 0])  # first row/col never swapped
+    assert torch.equal(out[:, :, 0], cast[:, :, 0]) and torch.equal(out[:, :, :, 0], cast[:, :, :, 0])  # first row/col never written
 
 
 def test_frost_blends_a_crop_of_a_frost_texture():

@@ -12,9 +12,12 @@ def glass_blur(x, params, generator):
     """Gaussian blur (sigma), 8-bit truncation, local pixel shuffling, Gaussian blur again.
 
     params = (sigma, max_delta, iterations). The shuffle is the generator's: for each pixel (h, w)
-    from the bottom-right inwards, h and w in (max_delta, size - max_delta], swap it with
-    (h + dy, w + dx), dx, dy uniform integers in [-max_delta, max_delta). The swaps are sequential
-    (a pixel may travel far), so they run pixel by pixel, each one batched over the images.
+    from the bottom-right inwards, h and w in (max_delta, size - max_delta], take the value of
+    (h + dy, w + dx), dx, dy uniform integers in [-max_delta, max_delta). make_cifar_c.py writes this
+    as a swap, `x[h, w], x[h', w'] = x[h', w'], x[h, w]`, but on numpy views it copies the neighbour
+    and leaves the neighbour unchanged; the published CIFAR-10-C files were made that way, so it is
+    copied here too. The copies are sequential (a value may travel far), so they run pixel by pixel,
+    each one batched over the images.
     """
     sigma, delta, iterations = params
     n, _, h, w = x.shape
@@ -27,9 +30,7 @@ def glass_blur(x, params, generator):
             for j, c in enumerate(cols):
                 dx, dy = offsets[it, i, j]
                 r2, c2 = r + dy, c + dx
-                here = x[:, :, r, c].clone()
                 x[:, :, r, c] = x[batch, :, r2, c2]
-                x[batch, :, r2, c2] = here
     return ops.gaussian_filter(x, sigma)
 glass_blur = _register("glass_blur", ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)))(glass_blur)
 
