@@ -21,7 +21,8 @@ def glass_blur(x, params, generator):
     """
     sigma, delta, iterations = params
     n, _, h, w = x.shape
-    x = torch.floor(ops.gaussian_filter(x, sigma) * 255).clamp(0, 255) / 255  # np.uint8(...) truncates
+    # np.uint8(...) truncates; a Gaussian (positive weights summing to 1) of [0, 1] values stays in [0, 1]
+    x = torch.floor(ops.gaussian_filter(x, sigma) * 255) / 255
     rows, cols = range(h - delta, delta, -1), range(w - delta, delta, -1)
     offsets = ops.randint(-delta, delta, (iterations, len(rows), len(cols), 2, n), x, generator)
     batch = torch.arange(n, device=x.device)
