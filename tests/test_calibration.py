@@ -101,6 +101,9 @@ def test_nll_by_hand():
 def test_apply_temperature_divides_logits():
     logits = torch.tensor([[3.0, -1.5]])
     assert torch.equal(apply_temperature(logits, 1.5), torch.tensor([[2.0, -1.0]]))
+    # T < 1 sharpens (an underconfident model): any positive temperature is valid, integers too
+    assert torch.equal(apply_temperature(logits, 0.5), torch.tensor([[6.0, -3.0]]))
+    assert torch.equal(apply_temperature(logits, 1), logits)
 
 
 def test_temperature_scaling_recovers_overconfidence(calibrated_logits):
