@@ -14,6 +14,7 @@ from robustlab.models import create_model
 from robustlab.schedules import OptimConfig
 from robustlab.strategies import BuildContext, create_strategy, make_config
 from robustlab.strategies.elr import ELR, ELRConfig, _gather_across_ranks, clamped_probs, elr_regulariser, updated_targets
+from coteach_helpers import FixedLogits
 
 
 def test_target_update_matches_hand_values():
@@ -44,16 +45,6 @@ def test_regulariser_gradient_pushes_the_prediction_toward_the_target():
     assert step[1] > 0 and step[0] < 0  # descent raises the target class, lowers the predicted one
     moved = logits.detach() + 0.5 * step
     assert (target * clamped_probs(moved)).sum() > (target * clamped_probs(logits.detach())).sum()
-
-
-class FixedLogits(nn.Module):
-    def __init__(self, logits):
-        super().__init__()
-        self.logits = logits
-        self.scale = nn.Parameter(torch.ones(()))
-
-    def forward(self, x):
-        return self.logits * self.scale
 
 
 def test_loss_updates_only_the_batch_rows_then_adds_lambda_times_the_regulariser():

@@ -20,6 +20,7 @@ from robustlab.corruptions import _ops as ops
 from robustlab.corruptions import inputs, weather
 from robustlab.corruptions.inputs import corruption_family
 from robustlab.errors import UsageError
+from test_input_corruptions import _imagemagick_motion_blur
 
 F64 = torch.float64
 NAMES = sorted(INPUT_CORRUPTIONS)
@@ -160,22 +161,6 @@ def test_motion_kernel_by_hand():
         k = ops.motion_kernel(radius, 1.5)
         w = np.exp(-np.arange(width) ** 2 / (2 * 1.5**2))
         assert k.shape == (width,) and np.allclose(k.numpy(), w / w.sum(), atol=1e-15, rtol=0)
-
-
-def _imagemagick_motion_blur(img: np.ndarray, radius: float, sigma: float, angle: float) -> np.ndarray:
-    """MagickMotionBlurImage by hand (one-sided half-Gaussian line kernel, edge pixels outside) on (..., H, W)."""
-    width = 2 * math.ceil(radius) + 1
-    k = np.exp(-np.arange(width) ** 2 / (2 * sigma**2))
-    k /= k.sum()
-    out = np.zeros_like(img)
-    h, w = img.shape[-2:]
-    for i in range(width):
-        dx = math.ceil(i * math.cos(math.radians(angle)) - 0.5)
-        dy = math.ceil(i * math.sin(math.radians(angle)) - 0.5)
-        rows = np.clip(np.arange(h) + dy, 0, h - 1)
-        cols = np.clip(np.arange(w) + dx, 0, w - 1)
-        out += k[i] * img[..., rows[:, None], cols[None, :]]
-    return out
 
 
 def test_motion_blur_on_a_non_square_image():

@@ -28,22 +28,11 @@ from robustlab.strategies.supcon import (
     SupConViews,
     load_encoder_weights,
 )
+from test_supcon import PixelReader
 
 
 def message(excinfo) -> str:
     return str(excinfo.value)
-
-
-class PixelReader(nn.Module):
-    """A stand-in encoder whose features are the per-channel means of its input images."""
-
-    num_features = 3
-
-    def forward_features(self, x):
-        return x.mean(dim=(2, 3))
-
-    def forward(self, x):
-        return self.forward_features(x)
 
 
 def constant_views(v: torch.Tensor) -> torch.Tensor:
