@@ -19,8 +19,9 @@ from robustlab.checkpoint import load_checkpoint, save_checkpoint
 from robustlab.errors import UsageError, require
 from robustlab.evaluate import TTA_MODES, classification_metrics, collect_logits, l2_term
 from robustlab.loggers import as_logger, log_final_results
+from robustlab.lookahead import Lookahead, LookaheadConfig
 from robustlab.precision import PRECISIONS, resolve_precision
-from robustlab.schedules import OptimConfig, build_optimizer, build_scheduler, steps_per_iteration
+from robustlab.schedules import OptimConfig, build_optimizer, build_scheduler, param_groups, steps_per_iteration
 from robustlab.strategies.base import Strategy
 
 
@@ -53,6 +54,8 @@ class TrainConfig:
     tta: str = "flip"             # extra final test evaluation with test-time augmentation
     grad_clip: float = 0.0        # max global grad norm; 0 = off
     nan_check_every: int = 50     # steps between (synchronizing) checks for a non-finite loss
+    lookahead: LookaheadConfig = field(default_factory=LookaheadConfig)  # airbench's EMA weights; off by default
+    drop_last: bool = False       # drop the last partial training batch (airbench does)
 
     def validate(self) -> None:
         require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
@@ -62,6 +65,7 @@ class TrainConfig:
         require(self.tta in TTA_MODES, f"unknown TTA mode {self.tta!r}; choose one of {', '.join(TTA_MODES)}")
         require(self.early_stop_patience >= 0, "early-stop patience must be >= 0")
         self.optim.validate()
+        self.lookahead.validate()
 
 
 @dataclass
@@ -110,7 +114,8 @@ def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, tes
     logger = as_logger(loggers) if info.is_main else None
     params = [p for p in strategy.parameters() if p.requires_grad]
     require(len(params) > 0, "the strategy has no trainable parameters")
-    optimizer = build_optimizer(params, cfg.optim)
+    optimizer = build_optimizer(param_groups(strategy, cfg.optim), cfg.optim)
+    lookahead = Lookahead(strategy, cfg.lookahead)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.epochs, len(train_loader))
     per_step = steps_per_iteration(cfg.optim)
     run_dir = Path(run_dir) if run_dir else None
@@ -129,6 +134,7 @@ def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, tes
         except RuntimeError as exc:
             raise UsageError(f"{resume} does not fit this model ({str(exc).splitlines()[0]})") from None
         optimizer.load_state_dict(state["optimizer"])
+        lookahead.load_state_dict(state.get("lookahead") or {})
         scheduler.load_state_dict(state["scheduler"])
         history, best, stale, elapsed = state["history"], state["best"], state["stale"], state["elapsed"]
         start_epoch = state["epoch"] + 1
@@ -144,7 +150,8 @@ def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, tes
         t0 = time.perf_counter()
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         row.update(_train_epoch(strategy, train_module, train_loader, optimizer, scheduler if per_step else None,
-                                cfg, epoch, autocast, quiet, run_dir, train_pass_loader, precision))
+                                cfg, epoch, autocast, quiet, run_dir, train_pass_loader, precision, lookahead))
+        lookahead.end_epoch(strategy)
         seconds = time.perf_counter() - t0
         row.update(seconds=seconds, images_per_s=row.pop("_samples") / seconds)
         elapsed += seconds
@@ -181,7 +188,8 @@ def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, tes
                 "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history, "best": best,
                 "stale": stale, "elapsed": elapsed, "rng_cpu": torch.get_rng_state(),
                 "stopped_early": cfg.early_stop_patience > 0 and val_loader is not None and stale >= cfg.early_stop_patience,
-                "rng_cuda": torch.cuda.get_rng_state() if cuda else None, "config": asdict(cfg)})
+                "rng_cuda": torch.cuda.get_rng_state() if cuda else None, "config": asdict(cfg),
+                "lookahead": lookahead.state_dict()})
         if cfg.early_stop_patience and val_loader is not None and stale >= cfg.early_stop_patience:
             _log(f"early stop: no validation improvement for {stale} epochs", quiet)
             stopped_early = True
@@ -219,7 +227,7 @@ NO_BAD_STEP = 2 ** 62  # "no non-finite loss yet": larger than any step, so a mi
 
 
 def _train_epoch(strategy, train_module, loader, optimizer, scheduler, cfg, epoch, autocast, quiet, run_dir,
-                 train_pass_loader=None, precision=None) -> dict:
+                 train_pass_loader=None, precision=None, lookahead=None) -> dict:
     """One epoch; `train_module` is the strategy itself or its DDP wrapper (forward = train_step)."""
     if strategy.needs_train_pass:
         require(train_pass_loader is not None, f"strategy {strategy.name!r} needs a pass over the training set "
@@ -228,6 +236,9 @@ def _train_epoch(strategy, train_module, loader, optimizer, scheduler, cfg, epoc
         with torch.no_grad(), autocast() if autocast else contextlib.nullcontext():
             strategy.on_train_pass(epoch, train_pass_loader)
     strategy.train()
+    for module in strategy.modules():  # layers with an epoch schedule of their own (airbench's whitening bias)
+        if module is not strategy and hasattr(module, "begin_epoch"):
+            module.begin_epoch(epoch)
     strategy.on_epoch_start(epoch, cfg.epochs)
     loader.set_epoch(epoch)
     device = loader.device
@@ -252,6 +263,8 @@ def _train_epoch(strategy, train_module, loader, optimizer, scheduler, cfg, epoc
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if lookahead is not None:
+            lookahead.after_step(strategy, epoch, epoch * len(loader) + step + 1, cfg.epochs * len(loader))
         loss = out.loss.detach().float()
         # Record the first non-finite step on the device: no per-step host sync.
         bad_step = torch.where((bad_step == NO_BAD_STEP) & ~torch.isfinite(loss), torch.full_like(bad_step, step), bad_step)

@@ -8,16 +8,24 @@ import torch.nn.functional as F
 
 from robustlab.errors import require
 
-TTA_MODES = ("none", "flip", "flip_translate")
+TTA_MODES = ("none", "flip", "flip_translate", "mirror_translate")
 Predict = Callable[[torch.Tensor], torch.Tensor]
 
 
 def tta_logits(predict: Predict, x: torch.Tensor, mode: str = "none", shift: int = 2) -> torch.Tensor:
     """Average the logits over test-time views: flip adds the mirror image; flip_translate adds
-    the image and its mirror each shifted by `shift` pixels (reflect-padded) up-left and down-right."""
+    the image and its mirror each shifted by `shift` pixels (reflect-padded) up-left and down-right;
+    mirror_translate is airbench94's level 2 (image and mirror 1/4 each, the four 1-pixel shifted
+    views 1/8 each)."""
     require(mode in TTA_MODES, f"unknown TTA mode {mode!r}; choose one of {', '.join(TTA_MODES)}")
     if mode == "none":
         return predict(x)
+    if mode == "mirror_translate":  # airbench's TTA level 2: weights 1/4, 1/4 and 1/8 for each shifted view
+        mirror = lambda v: 0.5 * predict(v).float() + 0.5 * predict(v.flip(3)).float()  # noqa: E731
+        padded = F.pad(x, (1,) * 4, mode="reflect")
+        h, w = x.shape[-2:]
+        shifted = [padded[..., :h, :w], padded[..., 2:2 + h, 2:2 + w]]
+        return 0.5 * mirror(x) + 0.25 * (mirror(shifted[0]) + mirror(shifted[1]))
     views = [x, x.flip(3)]
     if mode == "flip_translate":
         padded = F.pad(x, (shift,) * 4, mode="reflect")

@@ -16,6 +16,7 @@ from robustlab.data.splits import DataSplits
 from robustlab.engine import TrainConfig
 from robustlab.errors import UsageError, require
 from robustlab.models import create_model
+from robustlab.models.airbench import WHITEN_IMAGES
 
 
 def resolve_device(name: str) -> torch.device:
@@ -84,10 +85,22 @@ def make_loaders(splits: DataSplits, train_cfg: TrainConfig, train_augment, seed
     eval_bs = max(train_cfg.batch_size, EVAL_BATCH_SIZE)
     train = DeviceLoader(splits.train.images, splits.train.labels, train_cfg.batch_size // info.world_size,
                          train_augment, shuffle=True, seed=seed, device=device, rank=info.rank,
-                         world_size=info.world_size)
+                         world_size=info.world_size,
+                         drop_last=train_cfg.drop_last and len(splits.train) >= train_cfg.batch_size)
     val = DeviceLoader(splits.val.images, splits.val.labels, eval_bs, norm, shuffle=False, device=device) if splits.val else None
     test = DeviceLoader(splits.test.images, splits.test.labels, eval_bs, norm, shuffle=False, device=device)
     return train, val, test
+
+
+def _new_network(cfg: ExperimentConfig, splits: DataSplits, device):
+    """A fresh network; one with data-dependent weights (airbench's whitening layer) is fitted to
+    the run's own training images (never validation or test), normalized as training sees them."""
+    model = create_model(cfg.model, num_classes=splits.num_classes, **cfg.model_kwargs)
+    if hasattr(model, "init_whitening"):
+        norm = Normalize(splits.mean, splits.std)
+        wanted = model.whiten_images or WHITEN_IMAGES  # a request above the training set fails in init_whitening
+        model.init_whitening(norm(splits.train.images[:wanted]))
+    return model
 
 
 def build_strategy(cfg: ExperimentConfig, data: PreparedData, device, results_dir: str | Path | None = None):
@@ -96,7 +109,7 @@ def build_strategy(cfg: ExperimentConfig, data: PreparedData, device, results_di
 
     num_classes = data.splits.num_classes
     ctx = BuildContext(
-        new_model=lambda: create_model(cfg.model, num_classes=num_classes, **cfg.model_kwargs),
+        new_model=lambda: _new_network(cfg, data.splits, device),
         num_classes=num_classes, num_train=len(data.splits.train),
         noise_rate=(data.noise or {}).get("realized_rate", 0.0),
         clean_train_labels=data.clean_train_labels.to(device),

@@ -18,7 +18,8 @@ import torch
 from robustlab.errors import UsageError, require
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "step", "multistep", "cosine", "warmup_cosine", "cosine_restarts", "cyclic", "onecycle", "plateau")
+SCHEDULES = ("constant", "step", "multistep", "cosine", "warmup_cosine", "cosine_restarts", "cyclic", "onecycle", "plateau",
+             "triangular")
 
 
 @dataclass
@@ -39,6 +40,9 @@ class OptimConfig:
     cyclic_base_lr: float = 1e-4   # cyclic (triangular) lower bound; lr is the upper bound
     cyclic_half_epochs: float = 2.0  # cyclic: epochs per half cycle
     plateau_patience: int = 3
+    triangle: tuple[float, float, float] = (0.2, 0.23, 0.07)  # triangular: start factor, peak position, end factor
+    norm_lr_scale: float = 1.0     # LR multiplier for trainable normalization parameters (airbench's bias_scaler 64)
+    decoupled_wd: bool = False     # weight_decay is the per-step decay fraction at the peak LR, whatever lr is
 
     def validate(self) -> None:
         require(self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
@@ -51,10 +55,46 @@ class OptimConfig:
         require(0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}")
         require(self.schedule != "plateau" or self.gamma < 1, "the plateau schedule needs gamma < 1")
         require(self.warmup_epochs >= 0, "warm-up epochs must be >= 0")
+        require(self.norm_lr_scale > 0 and math.isfinite(self.norm_lr_scale),
+                f"norm LR scale must be > 0, got {self.norm_lr_scale}")
+        start, peak, end = self.triangle
+        require(0 < peak < 1 and start >= 0 and end >= 0,
+                f"triangle needs a peak position in (0, 1) and factors >= 0, got {tuple(self.triangle)}")
+
+
+def param_groups(module: torch.nn.Module, cfg: OptimConfig) -> list[dict]:
+    """The trainable parameters as optimizer groups: normalization-layer parameters apart when
+    `norm_lr_scale` != 1 (their LR is scaled, their decay strength is not: weight decay / scale).
+
+    With `decoupled_wd`, torch's coupled coefficient is weight_decay / lr, so every step decays the
+    weights by the fraction weight_decay (times the schedule's factor), as airbench's hyperparameters mean it."""
+    norm_types = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
+    norm_ids = {id(p) for m in module.modules() if isinstance(m, norm_types) for p in m.parameters(recurse=False)}
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    wd = cfg.weight_decay / cfg.lr if cfg.decoupled_wd else cfg.weight_decay
+    if cfg.norm_lr_scale == 1.0:
+        return [{"params": trainable, "lr": cfg.lr, "weight_decay": wd}]
+    norms = [p for p in trainable if id(p) in norm_ids]
+    others = [p for p in trainable if id(p) not in norm_ids]
+    groups = [{"params": others, "lr": cfg.lr, "weight_decay": wd},
+              {"params": norms, "lr": cfg.lr * cfg.norm_lr_scale, "weight_decay": wd / cfg.norm_lr_scale}]
+    return [g for g in groups if g["params"]]
+
+
+def triangle_factor(step: int, total: int, start: float, peak: float, end: float) -> float:
+    """airbench's triangle(): linear from `start` at step 0 to 1 at int(peak * total), then to `end` at `total`."""
+    top = int(peak * total)
+    if step <= top:
+        return start + (1 - start) * step / max(top, 1)
+    return 1 + (end - 1) * min(step - top, total - top) / max(total - top, 1)
 
 
 def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """`params`: tensors, or groups from `param_groups` (each with its own lr and weight decay)."""
     cfg.validate()
+    params = list(params)
+    if params and not isinstance(params[0], dict) and cfg.decoupled_wd:
+        params = [{"params": params, "weight_decay": cfg.weight_decay / cfg.lr}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                                weight_decay=cfg.weight_decay)
@@ -98,6 +138,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: 
     if cfg.schedule == "onecycle":
         return S.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(total, 2),
                             cycle_momentum=False)  # keep the chosen momentum: only the LR cycles
+    if cfg.schedule == "triangular":
+        return S.LambdaLR(optimizer, lambda step: triangle_factor(step, total, *cfg.triangle))
     if cfg.schedule == "plateau":
         return S.ReduceLROnPlateau(optimizer, factor=cfg.gamma, patience=cfg.plateau_patience)
     raise UsageError(f"unknown schedule {cfg.schedule!r}")

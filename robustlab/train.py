@@ -48,6 +48,9 @@ def build_parser() -> Parser:
                    help="a strategy option, e.g. forget_rate=0.2 (repeatable)")
     r.add_argument("--list-strategies", action="store_true", help="print the strategies and their options, then exit")
     r.add_argument("--seed", type=nonneg_int, default=0)
+    r.add_argument("--recipe", default="default", metavar="NAME",
+                   help="default | fast (airbench94's recipe: batch 1024, 10 epochs, triangular LR, lookahead, "
+                        "label smoothing 0.2, alternating flip, TTA level 2; robustlab.recipes)")
     n = p.add_argument_group("label noise")
     n.add_argument("--noise-rate", type=unit_rate, default=0.0, help="fraction of corrupted training labels")
     n.add_argument("--noise-type", type=noise_type, default="symmetric", help=NOISE_TYPE_HELP)
@@ -108,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg, recorded = load_run_config(args.from_record)
         apply_run_args(args, given_options(parser, argv), cfg)
     else:
+        from robustlab.recipes import apply_recipe
         cfg = default_config()
+        cfg.strategy = StrategyConfig(name=args.strategy)  # first, so the recipe can set its options
+        apply_recipe(cfg, args.recipe)
         apply_run_args(args, set(vars(args)), cfg)
     cfg.strategy.validate()  # unknown name or option: one line listing what exists
     from robustlab.models import create_model

@@ -26,7 +26,7 @@ from robustlab.fileio import write_text
 from robustlab.models import require_model
 from robustlab.schedules import OptimConfig
 from robustlab.strategies.registry import config_fields, get_strategy, list_strategies
-from studies.common import accuracy_summary, history_rows, plot_curves, save_figure, study_parser
+from studies.common import accuracy_summary, fast_config, history_rows, plot_curves, save_figure, study_parser
 from studies.skeleton import Results, Study, Table, run_study, seeds_of
 
 COLUMNS = ["arm", "noise_type", "noise_rate", "realized_noise", "test_acc_last", "test_acc_last10",
@@ -36,7 +36,13 @@ KEYS = ["arm", "noise_type", "noise_rate"]
 
 
 def preset(name: str) -> ExperimentConfig:
-    """quick: a small CNN on 4,000 images, minutes on a 2-core CPU. paper: PreAct ResNet-18 on 45k images."""
+    """quick: a small CNN on 4,000 images, minutes on a 2-core CPU. paper: PreAct ResNet-18 on 45k images.
+    fast: airbench with its 10-epoch recipe on 45k images (each method's `presets["fast"]` scales its
+    own schedule to the 10 epochs)."""
+    if name == "fast":
+        cfg = fast_config()
+        cfg.train.tta = "none"
+        return cfg
     cfg = ExperimentConfig()
     if name == "quick":
         cfg.model = "small_cnn"

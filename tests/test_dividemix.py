@@ -270,11 +270,17 @@ def test_options_resolve_to_the_official_values_and_bad_ones_are_usage_errors():
 
     st = create_strategy("dividemix", context=ctx(10, 0.5))
     assert st.options() == {"warmup_epochs": 10, "lambda_u": 25.0, "p_threshold": 0.5, "temperature": 0.5,
-                            "alpha": 4.0, "noise_mode": "sym"}
+                            "alpha": 4.0, "noise_mode": "sym", "rampup_epochs": 16}
     assert st.model is not st.peer and not st.penalty
+    fast = create_strategy("dividemix", context=ctx(10, 0.5), rampup_epochs=3.0)
+    fast._seen = 10  # half of the 20 samples seen: progress 3.5 epochs, 1.5 past the 2 warm-up epochs
+    fast.warmup_epochs = 2
+    assert fast.rampup_epochs == 3.0 and fast.unlabeled_weight(3, 4) == pytest.approx(25.0 * 1.5 / 3.0)
+    with pytest.raises(UsageError, match="rampup_epochs must be > 0, got 0"):
+        create_strategy("dividemix", context=ctx(10, 0.5), rampup_epochs=0)
     st100 = create_strategy("dividemix", context=ctx(100, 0.2), noise_mode="asym")
     assert st100.warmup_epochs == 30 and st100.lambda_u == 25.0 and st100.penalty
-    assert set(DivideMix.presets) == {"quick", "paper"}
+    assert set(DivideMix.presets) == {"quick", "paper", "fast"}
     assert create_strategy("dividemix", context=ctx(10, 0.8), **DivideMix.presets["paper"]).options()["warmup_epochs"] == 10
     assert create_strategy("dividemix", context=ctx(10, 0.5), **DivideMix.presets["quick"]).warmup_epochs == 5
     for bad, message in (({"p_threshold": 1.0}, "p_threshold"), ({"noise_mode": "x"}, "noise_mode"),
@@ -574,4 +580,4 @@ def test_build_hands_every_option_to_the_strategy():
                          temperature=0.3, alpha=0.75)
     assert (st.warmup_epochs, st.lambda_u, st.p_threshold, st.temperature, st.alpha) == (4, 7.0, 0.6, 0.3, 0.75)
     assert st.options() == {"warmup_epochs": 4, "lambda_u": 7.0, "p_threshold": 0.6, "temperature": 0.3,
-                            "alpha": 0.75, "noise_mode": "sym"}
+                            "alpha": 0.75, "noise_mode": "sym", "rampup_epochs": 16}

@@ -75,7 +75,7 @@ def test_official_defaults_follow_the_class_count_and_options_override():
     assert st10.options() == {"beta": 0.7, "lam": 3.0}
     custom = create_strategy("elr", context=ctx(10), beta=0.5, lam=1)
     assert (custom.beta, custom.lam) == (0.5, 1.0)
-    assert set(ELR.presets) == {"quick", "paper"}
+    assert set(ELR.presets) == {"quick", "paper", "fast"}
     assert create_strategy("elr", context=ctx(100), **ELR.presets["paper"]).options() == {"beta": 0.9, "lam": 7.0}
     with pytest.raises(UsageError, match="beta must be in"):
         make_config("elr", {"beta": 1.0})

@@ -179,7 +179,7 @@ def test_robust_loss_learns_the_toy_task_under_30_percent_noise(name):
 @pytest.mark.parametrize("name", ["ce", "coteach", "coteach_plus", "jocor", "gce", "sce"])
 def test_study_presets_are_valid_options(name):
     presets = get_strategy(name).presets
-    assert set(presets) == {"quick", "paper"}
+    assert set(presets) == {"quick", "paper", "fast"}
     for options in presets.values():
         make_config(name, options)  # a preset naming an unknown option or a bad value would raise here
 

@@ -35,7 +35,8 @@ def approx(x):
 
 
 def test_every_schedule_is_tested():
-    tested = {"constant", "step", "multistep", "cosine", "warmup_cosine", "cosine_restarts", "cyclic", "onecycle", "plateau"}
+    tested = {"constant", "step", "multistep", "cosine", "warmup_cosine", "cosine_restarts", "cyclic", "onecycle", "plateau",
+              "triangular"}  # triangular: tests/test_airbench.py
     assert set(SCHEDULES) == tested
 
 
@@ -219,7 +220,7 @@ def test_step_uses_the_configured_gamma():
 @pytest.mark.parametrize("kwargs, message", [
     ({"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop'; choose one of sgd, adam, adamw"),
     ({"schedule": "linear"}, "unknown schedule 'linear'; choose one of constant, step, multistep, cosine, "
-                             "warmup_cosine, cosine_restarts, cyclic, onecycle, plateau"),
+                             "warmup_cosine, cosine_restarts, cyclic, onecycle, plateau, triangular"),
     ({"lr": 0.0}, "learning rate must be > 0, got 0.0"),
     ({"weight_decay": -1e-4}, "weight decay must be >= 0, got -0.0001"),
     ({"momentum": 1.0}, "momentum must be in [0, 1), got 1.0"),

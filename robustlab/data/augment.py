@@ -15,6 +15,7 @@ from robustlab.data.color import adjust_brightness, adjust_contrast, adjust_satu
 from robustlab.errors import require
 
 PAD_MODES = ("reflect", "zeros")
+FLIP_MODES = ("random", "alternate")
 
 
 @dataclass
@@ -22,6 +23,7 @@ class AugmentConfig:
     crop_pad: int = 4          # random crop from a padded image; 0 disables (also "translate")
     pad_mode: str = "reflect"  # reflect | zeros
     flip: bool = True          # horizontal flip with probability 1/2
+    flip_mode: str = "random"  # random | alternate (airbench: each image mirrored in every other epoch)
     cutout: int = 0            # side of the zeroed square (DeVries & Taylor 2017); 0 disables
     rotate: float = 0.0        # max degrees of random rotation (report 003 uses 15)
     shear: float = 0.0         # max degrees of random shear
@@ -30,6 +32,8 @@ class AugmentConfig:
 
     def validate(self) -> None:
         require(self.crop_pad >= 0, f"crop padding must be >= 0, got {self.crop_pad}")
+        require(self.flip_mode in FLIP_MODES,
+                f"unknown flip mode {self.flip_mode!r}; choose {' or '.join(FLIP_MODES)}")
         require(self.pad_mode in PAD_MODES, f"unknown pad mode {self.pad_mode!r}; choose {' or '.join(PAD_MODES)}")
         require(self.cutout >= 0, f"cutout size must be >= 0, got {self.cutout}")
         require(0 <= self.zoom < 1, f"zoom must be in [0, 1), got {self.zoom}")
@@ -56,6 +60,14 @@ def crop_padded(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, pad: int, m
 def hflip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mirror the samples where mask is True."""
     return torch.where(mask[:, None, None, None], x.flip(3), x)
+
+
+def alternating_flip_mask(idx: torch.Tensor, epoch: int) -> torch.Tensor:
+    """airbench's derandomized flip: sample `idx` is mirrored in epoch `epoch` iff a fixed coin of
+    its own (a hash of the index) differs from the epoch's parity, so every image is seen both ways
+    in any two consecutive epochs and half of them are mirrored in each."""
+    coin = ((idx.long() * 2654435761) >> 16) & 1  # Knuth's multiplicative hash: a fixed, balanced bit per index
+    return coin != (epoch % 2)
 
 
 def cutout(x: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, size: int, fill: float = 0.0) -> torch.Tensor:
@@ -115,14 +127,20 @@ class Normalize:
 
 
 class BatchAugment(Normalize):
-    """uint8 batch -> augmented, normalized float batch, all parameters drawn from `generator`."""
+    """uint8 batch -> augmented, normalized float batch, all parameters drawn from `generator`.
+
+    The loader also hands the dataset indices and the epoch (`takes_index`), which the alternating
+    flip needs; without them (a plain call) the flip falls back to random."""
+
+    takes_index = True
 
     def __init__(self, config: AugmentConfig, mean, std):
         super().__init__(mean, std)
         config.validate()
         self.config = config
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator, idx: torch.Tensor | None = None,
+                 epoch: int | None = None) -> torch.Tensor:
         c, g, dev = self.config, generator, images.device
         n, _, h, w = images.shape
         x = images.float().div_(255)
@@ -131,7 +149,10 @@ class BatchAugment(Normalize):
             ox = torch.randint(0, 2 * c.crop_pad + 1, (n,), generator=g, device=dev)
             x = crop_padded(x, oy, ox, c.crop_pad, c.pad_mode)
         if c.flip:
-            x = hflip(x, torch.rand(n, generator=g, device=dev) < 0.5)
+            if c.flip_mode == "alternate" and idx is not None and epoch is not None:
+                x = hflip(x, alternating_flip_mask(idx, epoch))
+            else:
+                x = hflip(x, torch.rand(n, generator=g, device=dev) < 0.5)
         if c.rotate or c.shear or c.zoom:
             x = affine(x, _uniform(n, -c.rotate, c.rotate, g, dev), _uniform(n, -c.shear, c.shear, g, dev),
                        _uniform(n, 1 - c.zoom, 1 + c.zoom, g, dev), c.pad_mode)

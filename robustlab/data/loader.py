@@ -62,5 +62,9 @@ class DeviceLoader:
         aug = g if self.world_size == 1 else self._generator(stream=self.rank + 1)
         for b in range(len(self)):
             idx = order[b * self.batch_size: (b + 1) * self.batch_size]
-            yield self.augment(self.images[idx], aug), self.labels[idx], idx
+            if getattr(self.augment, "takes_index", False):  # e.g. the alternating flip: per-index, per-epoch
+                batch = self.augment(self.images[idx], aug, idx=idx, epoch=self.epoch)
+            else:
+                batch = self.augment(self.images[idx], aug)
+            yield batch, self.labels[idx], idx
         self.epoch += 1

@@ -3,6 +3,7 @@ from robustlab.models.registry import create_model, list_models, register_model,
 
 # Importing a family module registers its models.
 from robustlab.models import (  # noqa: F401,E402
+    airbench,
     coteach_cnn,
     convnext,
     preact_resnet,

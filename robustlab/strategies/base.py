@@ -56,7 +56,7 @@ class Strategy(nn.Module):
     views: ClassVar[int] = 1               # augmented views per sample in a training batch
     needs_train_pass: ClassVar[bool] = False  # call on_train_pass with the whole training set each epoch
     classifies: ClassVar[bool] = True      # False: the engine skips classification metrics (pretraining)
-    presets: ClassVar[dict[str, dict]] = {}  # study preset ("quick", "paper") -> this method's recipe options
+    presets: ClassVar[dict[str, dict]] = {}  # study preset ("quick", "paper", "fast") -> this method's recipe options
     unused_parameters = False  # True when a step leaves some trainable parameters without gradient (DDP needs to know)
 
     model: nn.Module

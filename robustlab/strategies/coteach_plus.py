@@ -55,7 +55,8 @@ class CoTeachingPlus(CoTeaching):
 
     Config = CoTeachingPlusConfig
     presets: ClassVar[dict[str, dict]] = {"quick": {"num_gradual": 5, "init_epoch": 5},
-                                          "paper": {"num_gradual": 10, "init_epoch": 20}}
+                                          "paper": {"num_gradual": 10, "init_epoch": 20},
+                                          "fast": {"num_gradual": 2, "init_epoch": 2}}
 
     def __init__(self, model, peer, forget_rate: float, num_gradual: int = 10, exponent: float = 1.0,
                  init_epoch: int = 20, clean_labels: torch.Tensor | None = None):

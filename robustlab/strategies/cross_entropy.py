@@ -26,7 +26,7 @@ class CrossEntropy(Strategy):
     """Cross-entropy; `smoothing > 0` gives label smoothing (Szegedy et al. 2016)."""
 
     Config = CEConfig
-    presets: ClassVar[dict[str, dict]] = {"quick": {}, "paper": {}}  # no recipe options beyond the study's
+    presets: ClassVar[dict[str, dict]] = {"quick": {}, "paper": {}, "fast": {}}  # no recipe options beyond the study's
 
     def __init__(self, model: nn.Module, smoothing: float = 0.0):
         super().__init__()

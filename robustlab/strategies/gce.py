@@ -63,7 +63,7 @@ class GeneralizedCE(Strategy):
     """
 
     Config = GCEConfig
-    presets: ClassVar[dict[str, dict]] = {"quick": {"q": 0.7}, "paper": {"q": 0.7}}
+    presets: ClassVar[dict[str, dict]] = {"quick": {"q": 0.7}, "paper": {"q": 0.7}, "fast": {"q": 0.7}}
 
     def __init__(self, model: nn.Module, q: float = 0.7, truncate_k: float | None = None, num_train: int = 0,
                  prune_start: int = 40, prune_every: int = 10, clean_labels: torch.Tensor | None = None):

@@ -60,7 +60,8 @@ class JoCoR(CoTeaching):
 
     Config = JoCoRConfig
     presets: ClassVar[dict[str, dict]] = {"quick": {"num_gradual": 5, "co_lambda": 0.9},
-                                          "paper": {"num_gradual": 10, "co_lambda": 0.9}}
+                                          "paper": {"num_gradual": 10, "co_lambda": 0.9},
+                                          "fast": {"num_gradual": 2, "co_lambda": 0.9}}
 
     def __init__(self, model, peer, forget_rate: float, num_gradual: int = 10, exponent: float = 1.0,
                  co_lambda: float = 0.9, clean_labels: torch.Tensor | None = None):

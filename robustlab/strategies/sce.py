@@ -69,7 +69,8 @@ class SymmetricCE(Strategy):
     """
 
     Config = SCEConfig
-    presets: ClassVar[dict[str, dict]] = {"quick": {"alpha": 0.1, "beta": 1.0}, "paper": {"alpha": 0.1, "beta": 1.0}}
+    presets: ClassVar[dict[str, dict]] = {"quick": {"alpha": 0.1, "beta": 1.0}, "paper": {"alpha": 0.1, "beta": 1.0},
+                                          "fast": {"alpha": 0.1, "beta": 1.0}}
 
     def __init__(self, model: nn.Module, alpha: float = 0.1, beta: float = 1.0, log_zero: float = OFFICIAL_LOG_ZERO):
         super().__init__()
