@@ -18,6 +18,7 @@ from robustlab.engine import FitResult, fit
 from robustlab.loggers import run_loggers
 from robustlab.prepare import (PreparedData, build_strategy, default_train_augment, make_loaders, prepare_data,
                                resolve_device)
+from robustlab.recipes import recipe_parts
 from robustlab.records import environment, find_record, write_record
 
 __all__ = ["EVAL_BATCH_SIZE", "Context", "DataConfig", "ExperimentConfig", "PreparedData", "StrategyConfig",
@@ -72,7 +73,8 @@ def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, ctx: Context 
         if loggers is not None:
             loggers.close()
     record = {
-        "run_id": cfg.run_id, "config": cfg.key(), "strategy_options": strategy.options(), "metrics": result.metrics, "best": result.best,
+        "run_id": cfg.run_id, "config": cfg.key(), "strategy_options": strategy.options(),
+        "recipe_parts": recipe_parts(cfg, strategy.options()), "metrics": result.metrics, "best": result.best,
         "history": result.history, "noise": data.noise, "stopped_early": result.stopped_early,
         "num_params": sum(p.numel() for p in strategy.model.parameters()),
         "data": {"train": len(data.splits.train), "val": len(data.splits.val) if data.splits.val else 0,

@@ -28,12 +28,17 @@ FAST_DECAY = 0.0153 * FAST_BATCH / _KILOSTEP      # weight decay per step at the
 FAST_SMOOTHING = 0.2
 
 
-def apply_fast_recipe(cfg: ExperimentConfig, epochs: int = 10) -> ExperimentConfig:
-    """Set `cfg`'s training recipe to airbench94's (in place; the model and data are left alone)."""
+def apply_fast_recipe(cfg: ExperimentConfig, epochs: int = 10, batch_size: int = FAST_BATCH) -> ExperimentConfig:
+    """Set `cfg`'s training recipe to airbench94's (in place; the model and data are left alone).
+
+    A `batch_size` other than 1,024 keeps the official per-example hyperparameters: the mean-loss LR
+    and the per-step decay both scale with batch_size / 1024 (small training sets need smaller
+    batches to take enough steps)."""
     t = cfg.train
-    t.epochs, t.batch_size, t.drop_last, t.tta = epochs, FAST_BATCH, True, "mirror_translate"
-    t.optim = OptimConfig(optimizer="sgd", lr=FAST_LR, momentum=FAST_MOMENTUM, nesterov=True,
-                          weight_decay=FAST_DECAY, decoupled_wd=True, norm_lr_scale=64.0,
+    scale = batch_size / FAST_BATCH
+    t.epochs, t.batch_size, t.drop_last, t.tta = epochs, batch_size, True, "mirror_translate"
+    t.optim = OptimConfig(optimizer="sgd", lr=FAST_LR * scale, momentum=FAST_MOMENTUM, nesterov=True,
+                          weight_decay=FAST_DECAY * scale, decoupled_wd=True, norm_lr_scale=64.0,
                           schedule="triangular", triangle=(0.2, 0.23, 0.07))
     t.lookahead = LookaheadConfig(start_epoch=3, every=5, decay=0.95, power=3.0)
     a = cfg.augment
@@ -50,3 +55,27 @@ def apply_recipe(cfg: ExperimentConfig, name: str) -> ExperimentConfig:
         if cfg.strategy.name == "ce":
             cfg.strategy.options.setdefault("smoothing", FAST_SMOOTHING)
     return cfg
+
+
+def recipe_parts(cfg: ExperimentConfig, strategy_options: dict | None = None) -> list[str]:
+    """The recipe parts a run uses, in words, for its record (whichever recipe set them)."""
+    t, o, a = cfg.train, cfg.train.optim, cfg.augment
+    parts = [f"{o.optimizer}{' nesterov' if o.optimizer == 'sgd' and o.nesterov and o.momentum > 0 else ''}",
+             f"schedule {o.schedule}" + (f" {tuple(o.triangle)}" if o.schedule == "triangular" else "")]
+    if o.decoupled_wd:
+        parts.append("decoupled weight decay")
+    if o.norm_lr_scale != 1.0:
+        parts.append(f"normalization-parameter LR x{o.norm_lr_scale:g}")
+    smoothing = (strategy_options or {}).get("smoothing") or 0.0
+    if smoothing:
+        parts.append(f"label smoothing {smoothing:g}")
+    if t.lookahead.enabled:
+        parts.append(f"lookahead from epoch {t.lookahead.start_epoch} every {t.lookahead.every} steps")
+    if a.flip:
+        parts.append("alternating flip" if a.flip_mode == "alternate" else "random flip")
+    if a.crop_pad:
+        parts.append(f"{a.crop_pad}-pixel {a.pad_mode} translation")
+    if t.drop_last:
+        parts.append("drop last partial batch")
+    parts.append(f"TTA {t.tta}")
+    return parts

@@ -251,3 +251,56 @@ def test_default_whitening_set_is_5000_images_or_the_whole_smaller_training_set(
     capped = create_model("airbench_s", whiten_images=30)
     capped.init_whitening(images)
     torch.testing.assert_close(capped.whiten.weight, whitening_filters(images[:30], 2))
+
+
+def test_fast_recipe_scales_lr_and_decay_with_the_batch():
+    from robustlab.config import ExperimentConfig
+    cfg = apply_fast_recipe(ExperimentConfig(), epochs=16, batch_size=256)
+    o = cfg.train.optim
+    assert (cfg.train.epochs, cfg.train.batch_size) == (16, 256)
+    assert o.lr == pytest.approx(FAST_LR / 4) and o.weight_decay == pytest.approx(FAST_DECAY / 4)
+
+
+def test_fast_run_fits_whitening_on_training_images_and_records_its_parts(tiny_cifar10, tmp_path):
+    from robustlab.checkpoint import load_checkpoint
+    from robustlab.config import Context, DataConfig, ExperimentConfig, StrategyConfig
+    from robustlab.data import Normalize
+    from robustlab.experiment import run_experiment
+    from robustlab.prepare import prepare_data
+
+    cfg = ExperimentConfig(data=DataConfig(dataset="cifar10", val_size=20), model="airbench_s",
+                           model_kwargs={"width": 4}, strategy=StrategyConfig("ce", {"smoothing": 0.2}), tag="fast")
+    apply_fast_recipe(cfg, epochs=2, batch_size=16)
+    cfg.train.lookahead.start_epoch = 1
+    ctx = Context(data_dir=str(tiny_cifar10.root), cache_dir=str(tmp_path / "cache"), device="cpu", quiet=True)
+    record = run_experiment(cfg, tmp_path / "results", ctx)
+    parts = record["recipe_parts"]
+    for part in ("sgd nesterov", "schedule triangular (0.2, 0.23, 0.07)", "decoupled weight decay",
+                 "normalization-parameter LR x64", "label smoothing 0.2", "lookahead from epoch 1 every 5 steps",
+                 "alternating flip", "2-pixel reflect translation", "drop last partial batch", "TTA mirror_translate"):
+        assert part in parts
+    assert "test_acc_tta" in record["metrics"]
+    # The whitening filters are those of the run's own (normalized) training images, never val/test.
+    splits = prepare_data(cfg.data, cfg.seed, ctx).splits
+    state = load_checkpoint(tmp_path / "results" / "runs" / cfg.run_id / "last.pt")
+    weight = next(v for k, v in state["strategy"].items() if k.endswith("whiten.weight"))
+    norm = Normalize(splits.mean, splits.std)
+    torch.testing.assert_close(weight, whitening_filters(norm(splits.train.images), 2))
+    assert state["lookahead"]["ema"] is not None  # the averaged weights travel with the checkpoint
+    plain = cfg.train.__class__()
+    assert not plain.lookahead.enabled and plain.optim.schedule != "triangular"
+
+
+def test_fast_recipe_cli_sets_smoothing_for_ce_and_rejects_unknown_recipes(capsys):
+    import json
+
+    from robustlab.train import main
+
+    assert main(["--recipe", "fast", "--model", "airbench", "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)["config"]
+    assert printed["strategy"]["options"] == {"smoothing": 0.2} and printed["train"]["batch_size"] == 1024
+    assert printed["train"]["lookahead"]["start_epoch"] == 3 and printed["augment"]["flip_mode"] == "alternate"
+    assert main(["--recipe", "fast", "--strategy", "ce", "--strategy-arg", "smoothing=0.1", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["strategy"]["options"] == {"smoothing": 0.1}
+    assert main(["--recipe", "turbo", "--print-config"]) == 2
+    assert capsys.readouterr().err.strip().endswith("unknown recipe 'turbo'; choose one of default, fast")
