@@ -28,6 +28,8 @@ QUICK_MODELS = ("vgg1", "vgg3_gap", "resnet_cifar")
 # quick: constructor arguments that shrink a model to the CPU budget (any listed model, default or not).
 QUICK_MODEL_KWARGS = {"resnet_cifar": {"depths": (1, 1, 1), "widths": (16, 32, 64)}}
 PAPER_MODELS = ("resnet18", "se_resnet18", "resnet_cifar_1m", "convnext_cifar", "vit_cifar", "se_resnet80")
+# fast: airbench and its CPU sibling with airbench94's recipe (every model listed gets that recipe).
+FAST_MODELS = ("airbench", "airbench_s")
 
 # Per-family optimizer overrides (prefix of the model name -> OptimConfig fields), applied before
 # the command-line recipe options, which therefore still win for every model.
@@ -38,13 +40,16 @@ RECIPE_OVERRIDES = {
 
 
 def preset(name: str) -> ExperimentConfig:
-    """quick: 4,000 images, 12 epochs, minutes on a 2-core CPU. paper: 45k/5k CIFAR-10, 100 epochs on a GPU."""
+    """quick: 4,000 images, 12 epochs, minutes on a 2-core CPU. paper: 45k/5k CIFAR-10, 100 epochs on a GPU.
+    fast: 45k/5k, airbench94's 10-epoch recipe (robustlab.recipes) for every model."""
     return sgd_recipe(name, quick_train=4000, quick_test=2000, quick_epochs=12)
 
 
 def default_models(preset_name: str) -> list[str]:
     if preset_name == "paper":
         return list(PAPER_MODELS)
+    if preset_name == "fast":
+        return list(FAST_MODELS)
     return list(QUICK_MODELS)
 
 
@@ -70,7 +75,7 @@ def build_arms(base: ExperimentConfig, models: list[str], seeds: list[int], args
             cfg = copy.deepcopy(base)
             cfg.model, cfg.tag, cfg.seed = model, model, seed
             cfg.model_kwargs = copy.deepcopy(shrink.get(model, {}))
-            for key, value in recipe_override(model).items():
+            for key, value in (recipe_override(model) if args.preset != "fast" else {}).items():
                 setattr(cfg.train.optim, key, value)
             apply_train_args(args, cfg.train, cfg.augment)
             arms.append(cfg)

@@ -23,7 +23,7 @@ from robustlab.experiment import ExperimentConfig
 from robustlab.models import require_model
 from robustlab.schedules import OptimConfig
 from robustlab.train import parse_model_args
-from studies.common import history_rows, plot_curves, study_parser
+from studies.common import fast_config, history_rows, plot_curves, study_parser
 from studies.regularization_arms import (ABLATIONS, Settings, ablation_of, arm_name, build_arms,  # noqa: F401
                                         check_models, describe)
 from studies.skeleton import Results, Study, Table, run_study, seeds_of
@@ -38,6 +38,8 @@ def preset(name: str) -> tuple[ExperimentConfig, Settings]:
     """quick: a narrow VGG-3 on 4,000 images for 15 epochs, a few minutes per ablation on a 2-core CPU.
     paper: VGG-3 on CIFAR-10 (49k train / 1k validation), report 000's recipe: SGD momentum 0.9,
     batch 100, lr 0.001, lambda 0.001, 30 epochs (basic) or 50 epochs (the rest)."""
+    if name == "fast":
+        return fast_preset()
     cfg = ExperimentConfig()
     if name == "quick":
         cfg.model, cfg.model_kwargs = QUICK_MODEL[0], dict(QUICK_MODEL[1])
@@ -56,6 +58,19 @@ def preset(name: str) -> tuple[ExperimentConfig, Settings]:
                                   schedule="constant")
     cfg.augment.crop_pad, cfg.augment.flip, cfg.augment.cutout = 4, True, 0   # flip + translate by up to 4 px
     cfg.train.tta = "flip"
+    return cfg, s
+
+
+def fast_preset() -> tuple[ExperimentConfig, Settings]:
+    """fast: airbench on 45k/5k with airbench94's 10-epoch recipe (robustlab.recipes); the L2 arms use
+    the recipe's own (decoupled, per-step) decay as 2 lambda, dropout 0.2 before the head, cutout 8,
+    smoothing 0.2 (the recipe's). The arch and norm ablations compare VGG-3 variants and stop with a
+    one-line error on airbench; pass --model vgg3 for them."""
+    from robustlab.recipes import FAST_DECAY, FAST_SMOOTHING
+
+    cfg = fast_config()
+    s = Settings(lam=FAST_DECAY / 2, dropout=0.2, cutout=8, smoothing=FAST_SMOOTHING, basic_epochs=10, epochs=10,
+                 arch_dropouts=(0.0, 0.2), arch_lams=(FAST_DECAY / 4, FAST_DECAY / 2), arch_fc_grid=False)
     return cfg, s
 
 

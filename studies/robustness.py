@@ -38,12 +38,13 @@ from robustlab.robustness_plots import ece_figure, family_figure, heatmap_figure
 from robustlab.strategies import get_strategy
 from studies.common import csv_table, output_dirs, run_grid, save_figure, sgd_recipe, should_tabulate, study_parser, write_table
 
-PRESET_MODELS = {"quick": ("small_cnn",), "paper": ("resnet18",)}
-EVAL_TEST_SIZE = {"quick": 500, "paper": None}  # test images evaluated (None: the run's whole test split)
+PRESET_MODELS = {"quick": ("small_cnn",), "paper": ("resnet18",), "fast": ("airbench",)}
+EVAL_TEST_SIZE = {"quick": 500, "paper": None, "fast": None}  # test images evaluated (None: the run's whole test split)
 
 
 def preset(name: str) -> ExperimentConfig:
-    """quick: 2,000 images, 10 epochs, minutes on a 2-core CPU. paper: 45k/5k CIFAR-10, 100 epochs of SGD."""
+    """quick: 2,000 images, 10 epochs, minutes on a 2-core CPU. paper: 45k/5k CIFAR-10, 100 epochs of SGD.
+    fast: airbench with airbench94's 10-epoch recipe on 45k/5k."""
     cfg = sgd_recipe(name, quick_train=2000, quick_test=1000, quick_epochs=10)
     cfg.train.tta = "none"
     return cfg

@@ -16,7 +16,8 @@ parameter with requires_grad False, so they are saved in and restored from check
 
 Deviations: the network runs in fp32 weights (autocast supplies bf16 where robustlab.precision
 chooses it) where the official script casts the whole network to fp16; `airbench_s` is a narrower
-sibling for CPUs (widths 32/128/128), not an official configuration.
+sibling for CPUs (widths 32/128/128), not an official configuration; `dropout` (default 0) adds
+dropout before the head for the regularization study's dropout arms.
 """
 from __future__ import annotations
 
@@ -120,7 +121,8 @@ class WhiteningConv(nn.Conv2d):
 
 class Airbench(Classifier):
     def __init__(self, num_classes: int = 10, widths=(64, 256, 256), scale: float = 1 / 9,
-                 whiten_bias_epochs: int = 3, whiten_images: int | None = None, in_chans: int = 3):
+                 whiten_bias_epochs: int = 3, whiten_images: int | None = None, in_chans: int = 3,
+                 dropout: float = 0.0):
         super().__init__()
         widths = tuple(_positive_width("width", w) for w in widths)
         require(len(widths) == 3, f"airbench takes three widths, got {len(widths)}")
@@ -132,7 +134,10 @@ class Airbench(Classifier):
         for w in widths:
             groups.append(ConvGroup(c, w))
             c = w
-        self.body = nn.Sequential(nn.GELU(), *groups, nn.MaxPool2d(3), nn.Flatten())
+        require(0.0 <= dropout < 1.0, f"dropout must be in [0, 1), got {dropout}")
+        # dropout before the head: not in airbench94 (0 by default); the regularization study's dropout arms use it
+        tail = [nn.Dropout(dropout)] if dropout else []
+        self.body = nn.Sequential(nn.GELU(), *groups, nn.MaxPool2d(3), nn.Flatten(), *tail)
         self.num_features = c
         self.head = nn.Linear(c, num_classes, bias=False)
         self.scale = scale
