@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -143,7 +144,7 @@ def noise_rate_for_run(cfg: ExperimentConfig, data, device, results_dir: Path, f
     result = {**compare_noise(est, report.get("realized_rate"), report.get("transition")),
               "folds": folds, "key": key, "method": "cleanlab.count.estimate_joint on out-of-fold probabilities"}
     write_json(path, result)
-    return result
+    return read_json(path)  # as a later call reads it
 
 
 # ---- the command -------------------------------------------------------------------------------
@@ -167,6 +168,7 @@ def build_parser() -> Parser:
     g.add_argument("--pred-probs", default=None, metavar="PATH",
                    help="use these (N, C) out-of-fold probabilities (.npy, training-split order) instead of training")
     g.add_argument("--top", type=positive_int, default=24, help="images in worst_labels.png (default 24)")
+    g.add_argument("--no-figures", action="store_true", help="skip worst_labels.png and transition_estimate.png")
     add_data_args(p)
     add_train_args(p, smoothing=False)
     add_context_args(p, default_out="results/labelissues")
@@ -214,7 +216,7 @@ def check_spec(out: Path, spec: dict) -> None:
     path = out / "labelissues.json"
     if path.exists():
         old = read_json(path)
-        require(old == spec, f"--out {out} holds label issues of another configuration (see {path}); "
+        require(old == json.loads(json.dumps(spec, default=str)), f"--out {out} holds label issues of another configuration (see {path}); "
                              "use a new --out or delete that folder")
     else:
         write_json(path, spec)
@@ -356,7 +358,7 @@ def _run(args) -> int:
     index = np.asarray(data.splits.train_index)
     paths = training_paths(cfg.data.dataset, ctx.data_dir, index)
     report = write_report(out, cfg, args, labels, pred_probs, index, paths, clean, data.noise,
-                          data.splits.classes, data.splits.train.images)
+                          data.splits.classes, None if args.no_figures else data.splits.train.images)
     print(report)
     print(f"wrote {out}/label_issues.csv, detectors.md, pred_probs.npy, figures ({time.time() - t0:.0f} s)",
           file=sys.stderr)
