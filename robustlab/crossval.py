@@ -18,6 +18,7 @@ k with k % n == i, so several processes or machines can split the K models.
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -94,9 +95,10 @@ def load_fold(folder: str | Path, k: int, folds: np.ndarray, num_classes: int) -
     return check_probabilities(probs, len(expected), num_classes, str(path))
 
 
-def save_fold(folder: str | Path, k: int, heldout: np.ndarray, probs: np.ndarray) -> Path:
+def save_fold(folder: str | Path, k: int, heldout: np.ndarray, probs: np.ndarray, seconds: float = 0.0) -> Path:
     buf = io.BytesIO()
-    np.savez(buf, heldout=np.asarray(heldout, dtype=np.int64), probs=np.asarray(probs, dtype=np.float32))
+    np.savez(buf, heldout=np.asarray(heldout, dtype=np.int64), probs=np.asarray(probs, dtype=np.float32),
+             seconds=np.float64(seconds))
     path = fold_path(folder, k)
     atomic_write(path, lambda f: f.write(buf.getvalue()))
     return path
@@ -122,9 +124,10 @@ def run_folds(folds: np.ndarray, num_classes: int, trainer: Trainer, folder: str
         if load_fold(folder, k, folds, num_classes) is not None:
             continue
         heldout, train = np.flatnonzero(folds == k), np.flatnonzero(folds != k)
+        t0 = time.perf_counter()
         probs = trainer(k, train, heldout)
         probs = check_probabilities(probs, len(heldout), num_classes, f"fold {k}'s predictions")
-        save_fold(folder, k, heldout, probs)
+        save_fold(folder, k, heldout, probs, time.perf_counter() - t0)
         trained.append(k)
     return trained
 
@@ -143,6 +146,17 @@ def gather_folds(folds: np.ndarray, num_classes: int, folder: str | Path) -> np.
     for k in range(int(folds.max()) + 1):
         out[folds == k] = load_fold(folder, k, folds, num_classes)
     return out
+
+
+def fold_seconds(folder: str | Path, k_total: int) -> float:
+    """Training time of the saved folds, summed (this run's time only for folds trained in one go)."""
+    total = 0.0
+    for k in range(k_total):
+        path = fold_path(folder, k)
+        if path.exists():
+            with np.load(path) as f:
+                total += float(f["seconds"]) if "seconds" in f.files else 0.0
+    return total
 
 
 def load_pred_probs(path: str | Path, rows: int, num_classes: int) -> np.ndarray:

@@ -43,8 +43,8 @@ import numpy as np
 from robustlab.cli import (Parser, add_context_args, add_data_args, add_train_args, apply_data_args, apply_train_args,
                            context_from_args, nonneg_int, noise_type, positive_int, unit_rate)
 from robustlab.config import EVAL_BATCH_SIZE, Context, ExperimentConfig, StrategyConfig
-from robustlab.crossval import (assign_folds, check_folds, gather_folds, load_pred_probs, missing_folds, run_folds,
-                                shard_folds)
+from robustlab.crossval import (assign_folds, check_folds, fold_seconds, gather_folds, load_pred_probs, missing_folds,
+                                run_folds, shard_folds)
 from robustlab.errors import UsageError, cli_entry, require
 from robustlab.fileio import atomic_write, read_json, write_json, write_text
 from robustlab.label_quality import (ISSUE_COLUMNS, DetectorInput, compare_noise, estimate_noise, issue_rows,
@@ -264,10 +264,11 @@ def write_report(out: Path, cfg: ExperimentConfig, args, labels: np.ndarray, pre
     noise_cmp = compare_noise(est, noise.get("realized_rate") if noise else None, noise.get("transition") if noise else None)
     scores = {name: score_detector(det, labels != clean) for name, det in detections.items()} if noise else {}
     issues = int(detections["confident_learning"].flags.sum())
+    source = "given by --pred-probs" if args.pred_probs else f"{fold_seconds(out / 'folds', args.folds):.0f} s of fold training"
     head = (f"## Label issues: {cfg.data.dataset} {cfg.data.noise_type}"
             f"{f' {cfg.data.noise_rate:g}' if cfg.data.noise_rate else ''}, seed {cfg.seed}\n\n"
             f"{len(labels)} training images, {cfg.model}, preset {args.preset}, {cfg.train.epochs} epochs per fold model, "
-            f"{args.folds}-fold out-of-fold probabilities{' (given by --pred-probs)' if args.pred_probs else ''}. "
+            f"{args.folds}-fold out-of-fold probabilities ({source}). "
             f"cleanlab flags {issues} ({issues / len(labels):.1%}) labels.\n\n### Noise estimate\n\n"
             + noise_section(noise_cmp) + "\n")
     if scores:

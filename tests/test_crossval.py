@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from robustlab.crossval import (assign_folds, check_folds, check_probabilities, fold_path, gather_folds,
+from robustlab.crossval import (assign_folds, check_folds, check_probabilities, fold_path, fold_seconds, gather_folds,
                                 load_fold, load_pred_probs, missing_folds, run_folds, save_fold, shard_folds)
 from robustlab.errors import UsageError
 
@@ -143,3 +143,16 @@ def test_load_pred_probs(tmp_path):
     bad.write_text("hello")
     with pytest.raises(UsageError, match="cannot read --pred-probs"):
         load_pred_probs(bad, 5, 3)
+
+
+def test_fold_training_time_is_saved(tmp_path):
+    import time
+
+    def slow(k, train, heldout):
+        time.sleep(0.05)
+        return np.full((len(heldout), C), 1 / C)
+
+    folds = assign_folds(LABELS, 2, seed=0)
+    run_folds(folds, C, slow, tmp_path)
+    assert 0.1 <= fold_seconds(tmp_path, 2) < 5.0
+    assert fold_seconds(tmp_path / "none", 2) == 0.0
