@@ -83,6 +83,20 @@ def unit_rate(text: str) -> float:
     return value
 
 
+def forget_rate_arg(text: str) -> float | str:
+    """A forget rate for the small-loss methods: a fraction in [0, 1), `estimate` (from the noisy
+    labels, robustlab.labelissues) or `oracle` (the realised noise rate)."""
+    if text in ("estimate", "oracle"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), estimate or oracle, got {text!r}")
+    return value
+
+
 def int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]

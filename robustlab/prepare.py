@@ -114,8 +114,23 @@ def build_strategy(cfg: ExperimentConfig, data: PreparedData, device, results_di
         noise_rate=(data.noise or {}).get("realized_rate", 0.0),
         clean_train_labels=data.clean_train_labels.to(device),
         results_dir=Path(results_dir) if results_dir is not None else None, experiment=cfg,
-        distributed=distributed.current().enabled)
+        distributed=distributed.current().enabled,
+        estimate_noise_rate=_noise_rate_estimator(cfg, data, device, results_dir))
     return create_strategy(cfg.strategy.name, context=ctx, **cfg.strategy.options)
+
+
+def _noise_rate_estimator(cfg: ExperimentConfig, data: PreparedData, device, results_dir):
+    """A call that estimates the run's noise rate from its noisy labels (K-fold confident learning,
+    cached in the results folder), or None without a results folder to cache it in."""
+    if results_dir is None:
+        return None
+
+    def estimate() -> float:
+        from robustlab.labelissues import noise_rate_for_run
+
+        return noise_rate_for_run(cfg, data, device, Path(results_dir))["estimated_noise_rate"]
+
+    return estimate
 
 
 def default_train_augment(cfg: ExperimentConfig, splits: DataSplits, strategy=None):

@@ -159,6 +159,24 @@ def accuracy_summary(record: dict) -> dict:
             "test_acc_best_oracle": m.get("test_acc_best")}
 
 
+FORGET_RATE_SOURCES = {"given": "given", "estimate": "estimated from the noisy labels (K-fold confident learning)",
+                       "oracle": "oracle: the realised noise rate"}
+
+
+def forget_rate_note(runs: list[Run]) -> str:
+    """Which forget rate each small-loss arm trained with (from its records' strategy_options), so
+    that an oracle rate is never shown without the word oracle; empty when no arm has one."""
+    parts = []
+    for tag in dict.fromkeys(r.config.tag for r in runs):
+        options = [r.record.get("strategy_options") or {} for r in runs if r.config.tag == tag]
+        sources = sorted({o["forget_rate_source"] for o in options if "forget_rate_source" in o})
+        if sources:
+            rates = [o["forget_rate"] for o in options if "forget_rate_source" in o]
+            shown = f"{rates[0]:.3f}" if len(set(rates)) == 1 else f"{min(rates):.3f}-{max(rates):.3f}"
+            parts.append(f"{tag} {shown} ({'; '.join(FORGET_RATE_SOURCES[s] for s in sources)})")
+    return f"Forget rate: {', '.join(parts)}." if parts else ""
+
+
 def should_tabulate(args) -> bool:
     """Tables and figures come from an unsharded invocation, and from rank 0 only under torchrun."""
     return args.shard is None and distributed.current().is_main

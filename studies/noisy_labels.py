@@ -17,8 +17,8 @@ import sys
 
 import numpy as np
 
-from robustlab.cli import (apply_data_args, apply_train_args, context_from_args, name_list, noise_type, positive_int,
-                           unit_rate)
+from robustlab.cli import (apply_data_args, apply_train_args, context_from_args, forget_rate_arg, name_list, noise_type,
+                           positive_int, unit_rate)
 from robustlab.corruptions import NOISE_TYPES
 from robustlab.errors import UsageError, cli_entry
 from robustlab.experiment import ExperimentConfig, StrategyConfig
@@ -26,7 +26,8 @@ from robustlab.fileio import write_text
 from robustlab.models import require_model
 from robustlab.schedules import OptimConfig
 from robustlab.strategies.registry import config_fields, get_strategy, list_strategies
-from studies.common import accuracy_summary, fast_config, history_rows, plot_curves, save_figure, study_parser
+from studies.common import (accuracy_summary, fast_config, forget_rate_note, history_rows, plot_curves, save_figure,
+                            study_parser)
 from studies.skeleton import Results, Study, Table, run_study, seeds_of
 
 COLUMNS = ["arm", "noise_type", "noise_rate", "realized_noise", "test_acc_last", "test_acc_last10",
@@ -97,7 +98,7 @@ def table_note(runs, base: ExperimentConfig, args) -> str:
             f"{seeds_of(runs)}. Validation labels: {val}. Accuracies on the clean test split: last epoch, mean of "
             f"the last 10 epochs, and the epoch chosen on validation; for two-network methods that is the predictor "
             f"named in `headline` (net1/net2/ensemble listed apart). label_precision/recall: the last epoch's "
-            f"selection. test_acc_best_oracle picks the epoch on the test split (an oracle).")
+            f"selection. test_acc_best_oracle picks the epoch on the test split (an oracle). {forget_rate_note(runs)}")
 
 
 def plot_figures(res: Results) -> None:
@@ -133,8 +134,9 @@ def build_parser():
                                                             "as a user without clean labels would have them)")
     g.add_argument("--model", default=None, help="override the preset's model")
     g.add_argument("--num-gradual", type=positive_int, default=None, help="small-loss methods: epochs to the full forget rate")
-    g.add_argument("--forget-rate", type=unit_rate, default=None,
-                   help="small-loss methods: your own noise-rate estimate (default: the realised rate, an oracle)")
+    g.add_argument("--forget-rate", type=forget_rate_arg, default=None, metavar="RATE|estimate|oracle",
+                   help="small-loss methods: a fraction; estimate: the noise rate estimated from the noisy labels "
+                        "(5-fold confident learning, cached in --out); oracle (default): the realised rate")
     return p
 
 

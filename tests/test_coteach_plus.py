@@ -96,7 +96,8 @@ def test_options_defaults_and_validation():
     ctx = BuildContext(new_model=lambda: create_model("tiny_cnn", num_classes=10), num_classes=10, noise_rate=0.35)
     st = create_strategy("coteach_plus", context=ctx)
     assert st.init_epoch == 20 and st.tau == pytest.approx(0.35) and st.num_gradual == 10
-    assert st.options() == {"forget_rate": pytest.approx(0.35), "num_gradual": 10, "exponent": 1.0, "init_epoch": 20}
+    assert st.options() == {"forget_rate": pytest.approx(0.35), "num_gradual": 10, "exponent": 1.0, "init_epoch": 20,
+                            "forget_rate_source": "oracle"}
     assert set(st.extra_predictors()) == {"net2", "ensemble"}
     assert create_strategy("coteach_plus", context=ctx, init_epoch=3).init_epoch == 3
     with pytest.raises(UsageError, match="init_epoch must be >= 0"):

@@ -177,7 +177,7 @@ def test_build_takes_the_noise_rate_and_two_fresh_networks():
     st = create_strategy("coteach", context=ctx, num_gradual=3, exponent=0.5)
     assert st.model is made[0] and st.peer is made[1] and len(made) == 2
     assert (st.tau, st.num_gradual, st.exponent) == (0.25, 3, 0.5)
-    assert st.options() == {"forget_rate": 0.25, "num_gradual": 3, "exponent": 0.5}
+    assert st.options() == {"forget_rate": 0.25, "num_gradual": 3, "exponent": 0.5, "forget_rate_source": "oracle"}
     explicit = create_strategy("coteach", context=ctx, forget_rate=0.1)
     assert explicit.tau == 0.1 and explicit.options()["forget_rate"] == 0.1
     assert set(st.extra_predictors()) == {"net2", "ensemble"} and st.extra_predictors()["net2"] is st.peer
@@ -205,7 +205,7 @@ def test_bad_settings_name_the_setting(kwargs, message):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"forget_rate": 1.0}, "forget_rate must be in [0, 1), got 1.0"),
+    ({"forget_rate": 1.0}, "forget_rate must be in [0, 1), 'estimate' or 'oracle', got 1.0"),
     ({"num_gradual": -2}, "num_gradual must be >= 0, got -2"),
     ({"exponent": -1.0}, "exponent must be > 0, got -1.0"),
 ])

@@ -100,7 +100,8 @@ def test_options_defaults_and_validation():
     ctx = BuildContext(new_model=lambda: create_model("tiny_cnn", num_classes=10), num_classes=10, noise_rate=0.4)
     st = create_strategy("jocor", context=ctx)
     assert st.co_lambda == 0.9 and st.tau == pytest.approx(0.4) and st.num_gradual == 10
-    assert st.options() == {"forget_rate": pytest.approx(0.4), "num_gradual": 10, "exponent": 1.0, "co_lambda": 0.9}
+    assert st.options() == {"forget_rate": pytest.approx(0.4), "num_gradual": 10, "exponent": 1.0, "co_lambda": 0.9,
+                            "forget_rate_source": "oracle"}
     assert set(st.extra_predictors()) == {"net2", "ensemble"}
     assert create_strategy("jocor", context=ctx, co_lambda=0.5, forget_rate=0.2).co_lambda == 0.5
     for bad in (-0.1, 1.5):

@@ -37,7 +37,7 @@ def test_options_are_coerced_to_their_declared_types_and_validated():
     assert cfg.forget_rate == 0.25 and cfg.num_gradual == 3 and cfg.exponent == 2.0 and isinstance(cfg.exponent, float)
     with pytest.raises(UsageError, match="option num_gradual must be int"):
         make_config("coteach", {"num_gradual": "many"})
-    with pytest.raises(UsageError, match=r"strategy 'coteach': forget_rate must be in \[0, 1\), got 1.5"):
+    with pytest.raises(UsageError, match=r"strategy 'coteach': forget_rate must be in \[0, 1\), 'estimate' or 'oracle', got 1.5"):
         make_config("coteach", {"forget_rate": 1.5})
 
 

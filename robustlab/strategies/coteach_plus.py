@@ -38,7 +38,8 @@ class CoTeachingPlusConfig(CoTeachingConfig):
 class CoTeachingPlus(CoTeaching):
     """Co-teaching+ (Yu et al. 2019): after init_epoch, small-loss cross-update among disagreeing samples only.
 
-    Forget rate tau (default: the realised noise rate) and its ramp over num_gradual epochs are
+    Forget rate tau (default: the realised noise rate, an oracle; forget_rate="estimate" takes the
+    noise rate estimated from the noisy labels) and its ramp over num_gradual epochs are
     Co-Teaching's. Before epoch `init_epoch` (0-based) a step is a Co-Teaching step; from then on
     net 1 learns from the int(R(T) * d) disagreeing samples with the smallest loss under net 2 and
     vice versa, d being the number of disagreeing samples (all d of them if that rounds to 0).

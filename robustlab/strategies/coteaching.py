@@ -3,6 +3,12 @@
 At epoch T each network ranks the batch by its own per-sample loss and keeps the
 R(T) = 1 - tau * min(T / Tk, 1) ** exponent fraction with the smallest losses; each network is
 then updated on the samples its *peer* kept. With exponent = 1 this is the paper's schedule.
+
+The paper sets tau to the known noise rate. Here tau is a given fraction, `forget_rate="estimate"`
+(the noise rate that confident learning estimates from K-fold out-of-fold predictions on the noisy
+labels alone, `robustlab.labelissues`), or by default the realised noise rate, which only an
+oracle knows; the run record's `strategy_options.forget_rate_source` says which (given, estimate,
+oracle). The same holds for Co-teaching+ and JoCoR.
 """
 from __future__ import annotations
 
@@ -53,26 +59,53 @@ class EnsembleLogits(nn.Module):
         return probs.clamp_min(1e-12).log()
 
 
+FORGET_RATE_MODES = ("estimate", "oracle")
+
+
 @dataclass
 class CoTeachingConfig:
-    forget_rate: float | None = None  # tau; None = the realised noise rate of the training labels (an oracle)
+    # tau: a fraction; None or "oracle" = the realised noise rate of the training labels (an oracle);
+    # "estimate" = the noise rate estimated from the noisy labels alone (K-fold confident learning,
+    # robustlab.labelissues.noise_rate_for_run, cached per data set, noise and seed in the results folder)
+    forget_rate: float | str | None = None
     num_gradual: int = 10             # Tk: epochs to reach tau
     exponent: float = 1.0             # c: shape of the R(T) ramp (1 = the paper's linear ramp)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.forget_rate, str) and self.forget_rate not in FORGET_RATE_MODES:
+            try:  # a number typed on the command line (--strategy-arg forget_rate=0.2)
+                self.forget_rate = float(self.forget_rate)
+            except ValueError:
+                pass
+
     def validate(self) -> None:
-        require(self.forget_rate is None or 0.0 <= self.forget_rate < 1.0,
-                f"forget_rate must be in [0, 1), got {self.forget_rate}")
+        require(self.forget_rate is None or self.forget_rate in FORGET_RATE_MODES
+                or (not isinstance(self.forget_rate, str) and 0.0 <= self.forget_rate < 1.0),
+                f"forget_rate must be in [0, 1), 'estimate' or 'oracle', got {self.forget_rate!r}")
         require(self.num_gradual >= 0, f"num_gradual must be >= 0, got {self.num_gradual}")
         require(self.exponent > 0, f"exponent must be > 0, got {self.exponent}")
 
 
-def resolve_forget_rate(configured: float | None, ctx, name: str) -> float:
-    """The configured rate, else the realised noise rate (which a user without clean labels would
-    have to estimate: pass forget_rate=... for that)."""
-    rate = configured if configured is not None else ctx.noise_rate
+def resolve_forget_rate(configured: float | str | None, ctx, name: str) -> tuple[float, str]:
+    """(rate, source): a given fraction ("given"); the noise rate estimated from the noisy labels
+    ("estimate", through ctx.estimate_noise_rate); else the realised noise rate ("oracle": a user
+    without clean labels does not have it)."""
+    if configured == "estimate":
+        estimate = getattr(ctx, "estimate_noise_rate", None)
+        if estimate is None:
+            raise UsageError(f"{name}: forget_rate='estimate' needs the run's data and results folder to estimate "
+                             "the noise rate; run it through robustlab.experiment or a study, or pass a fraction")
+        rate, source = estimate(), "estimate"
+        if not rate > 0:
+            raise UsageError(f"{name}: the estimated noise rate is {rate:.4g}, nothing to forget; "
+                             "pass forget_rate=<fraction>")
+        return float(rate), source
+    if configured is not None and configured != "oracle":
+        return float(configured), "given"
+    rate = ctx.noise_rate
     if not rate:
         raise UsageError(f"{name} needs a forget rate: train on noisy labels or pass forget_rate=<fraction>")
-    return float(rate)
+    return float(rate), "oracle"
 
 
 @register_strategy("coteach")
@@ -98,16 +131,26 @@ class CoTeaching(Strategy):
         self.model, self.peer = model, peer
         self.tau, self.num_gradual, self.exponent = forget_rate, num_gradual, exponent
         self._remember = 1.0
+        self.forget_rate_source: str | None = None  # set by build(): given | estimate | oracle
         self.selection = SelectionMeter(clean_labels)  # measurement only, never used to train
 
     @classmethod
     def build(cls, config: CoTeachingConfig, ctx):
         """Two fresh networks; every config field is a constructor argument (also for the
         Co-Teaching variants), with the forget rate resolved from the noise prior."""
-        resolved = replace(config, forget_rate=resolve_forget_rate(config.forget_rate, ctx, cls.name))
+        rate, source = resolve_forget_rate(config.forget_rate, ctx, cls.name)
+        resolved = replace(config, forget_rate=rate)
         strategy = cls(ctx.new_model(), ctx.new_model(), clean_labels=ctx.clean_train_labels, **asdict(resolved))
-        strategy.config = resolved
+        strategy.config, strategy.forget_rate_source = resolved, source
         return strategy
+
+    def options(self) -> dict:
+        """The resolved options and, when built from a config, where the forget rate came from
+        (`forget_rate_source`: given, estimate, or oracle = the realised noise rate)."""
+        out = super().options()
+        if self.forget_rate_source is not None:
+            out["forget_rate_source"] = self.forget_rate_source
+        return out
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         self._remember = remember_rate(epoch, self.tau, self.num_gradual, self.exponent)

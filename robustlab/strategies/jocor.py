@@ -47,7 +47,8 @@ class JoCoRConfig(CoTeachingConfig):
 class JoCoR(CoTeaching):
     """JoCoR (Wei et al. 2020): both nets learn from the small-loss samples of a joint CE + symmetric-KL loss.
 
-    Forget rate tau (default: the realised noise rate) and its ramp over num_gradual epochs are
+    Forget rate tau (default: the realised noise rate, an oracle; forget_rate="estimate" takes the
+    noise rate estimated from the noisy labels) and its ramp over num_gradual epochs are
     Co-Teaching's; co_lambda = 0.9 is the official README's value for CIFAR-10 with 20% and 50%
     symmetric noise (its command-line default is 0.1; 0.65 at 80% noise, 0.85 for CIFAR-100).
 

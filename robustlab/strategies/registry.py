@@ -35,6 +35,9 @@ class BuildContext:
     results_dir: Path | None = None       # where other runs of the study live (e.g. a pretrained encoder)
     experiment: Any = None                # the ExperimentConfig, for strategies that check other runs against it
     distributed: bool = False
+    # the noise rate estimated from the noisy training labels alone (computed on first call, cached);
+    # None where no estimate can be made (no data or results folder, e.g. create_strategy without a run)
+    estimate_noise_rate: Callable[[], float] | None = None
     extras: dict = field(default_factory=dict)
 
 
