@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from coteach_helpers import PerSampleLogits, rows_with_grad, softplus
-from noisy_toy import fit_toy
+from noisy_toy import TWO_NETWORK_TOY, ce_test_accuracy, fit_toy
 from robustlab.errors import UsageError
 from robustlab.models import create_model
 from robustlab.strategies import BuildContext, CoTeaching, create_strategy, make_config
@@ -105,14 +105,16 @@ def test_options_defaults_and_validation():
         create_strategy("coteach_plus", context=BuildContext(new_model=ctx.new_model, num_classes=10))
 
 
-def test_trains_on_noisy_toy_labels_and_switches_to_disagreement_at_init_epoch():
-    st, result = fit_toy("coteach_plus", noise=0.3, epochs=6, num_gradual=2, init_epoch=3)
+def test_switches_to_disagreement_at_init_epoch_and_beats_memorising_ce():
+    # 50% symmetric noise, Adam, 50 epochs: CE memorises the flipped labels (0.68 on the clean test
+    # images); Co-teaching+ keeps the band (>= 0.99)
+    st, result = fit_toy("coteach_plus", TWO_NETWORK_TOY, num_gradual=10, init_epoch=10)
     hist = result.history
-    assert all("disagreement" not in row for row in hist[:3])
-    assert all(0.0 <= row["disagreement"] < 0.5 for row in hist[3:])  # only a minority of samples is used
-    assert hist[2]["label_precision"] > 0.8  # Co-Teaching phase: cleaner than the 70% clean labels
-    assert result.metrics["test_acc"] >= 0.6 and result.metrics["test_net2_acc"] >= 0.6  # chance: 0.25
-    assert "test_ensemble_acc" in result.metrics
+    assert all("disagreement" not in row for row in hist[:10])
+    assert all(0.0 <= row["disagreement"] < 0.5 for row in hist[10:])  # only a minority of samples is used
+    assert hist[9]["label_precision"] > 0.8  # Co-Teaching phase: cleaner than the 50% clean labels
+    ce = ce_test_accuracy(TWO_NETWORK_TOY)
+    assert min(result.metrics["test_acc"], result.metrics["test_net2_acc"], result.metrics["test_ensemble_acc"]) >= ce + 0.2
 
 
 def test_constructor_defaults_init_epoch_20_and_the_linear_ramp_over_ten_epochs():

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from coteach_helpers import PerSampleLogits, rows_with_grad, softplus
-from noisy_toy import fit_toy
+from noisy_toy import TWO_NETWORK_TOY, ce_test_accuracy, fit_toy
 from robustlab.errors import UsageError
 from robustlab.models import create_model
 from robustlab.strategies import BuildContext, create_strategy, make_config
@@ -108,12 +108,14 @@ def test_options_defaults_and_validation():
             make_config("jocor", {"co_lambda": bad})
 
 
-def test_trains_on_noisy_toy_labels_and_keeps_mostly_clean_samples():
-    _, result = fit_toy("jocor", noise=0.3, epochs=8, num_gradual=2)
+def test_keeps_mostly_clean_samples_and_beats_memorising_ce():
+    # 50% symmetric noise, Adam, 50 epochs: CE memorises the flipped labels (0.68 on the clean test
+    # images); JoCoR's joint small-loss selection keeps the band (>= 0.99)
+    _, result = fit_toy("jocor", TWO_NETWORK_TOY, num_gradual=10)
     last = result.history[-1]
-    assert last["label_precision"] > 0.8  # the noisy labels are 30%: selection beats keeping everything
+    assert last["label_precision"] > 0.8  # half the labels are noisy: selection beats keeping everything
     assert 0.5 < last["label_recall"] <= 1.0
-    assert result.metrics["test_acc"] >= 0.6 and result.metrics["test_net2_acc"] >= 0.6  # chance: 0.25
+    assert min(result.metrics["test_acc"], result.metrics["test_net2_acc"]) >= ce_test_accuracy(TWO_NETWORK_TOY) + 0.2
 
 
 def test_cli_runs_jocor_with_a_strategy_option(tiny_cifar10, tmp_path):
