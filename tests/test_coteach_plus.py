@@ -96,7 +96,8 @@ def test_options_defaults_and_validation():
     ctx = BuildContext(new_model=lambda: create_model("tiny_cnn", num_classes=10), num_classes=10, noise_rate=0.35)
     st = create_strategy("coteach_plus", context=ctx)
     assert st.init_epoch == 20 and st.tau == pytest.approx(0.35) and st.num_gradual == 10
-    assert st.options() == {"forget_rate": pytest.approx(0.35), "num_gradual": 10, "exponent": 1.0, "init_epoch": 20}
+    assert st.options() == {"forget_rate": pytest.approx(0.35), "num_gradual": 10, "exponent": 1.0, "ramp": "official",
+                            "init_epoch": 20}
     assert set(st.extra_predictors()) == {"net2", "ensemble"}
     assert create_strategy("coteach_plus", context=ctx, init_epoch=3).init_epoch == 3
     with pytest.raises(UsageError, match="init_epoch must be >= 0"):
@@ -117,7 +118,7 @@ def test_switches_to_disagreement_at_init_epoch_and_beats_memorising_ce():
     assert min(result.metrics["test_acc"], result.metrics["test_net2_acc"], result.metrics["test_ensemble_acc"]) >= ce + 0.2
 
 
-def test_constructor_defaults_init_epoch_20_and_the_linear_ramp_over_ten_epochs():
+def test_constructor_defaults_init_epoch_20_and_the_official_linear_ramp_over_ten_epochs():
     st = CoTeachingPlus(PerSampleLogits.from_margins(MARGINS1), PerSampleLogits.from_margins(MARGINS2),
                         forget_rate=0.4, clean_labels=CLEAN)
     assert (st.init_epoch, st.num_gradual, st.exponent) == (20, 10, 1.0)
@@ -128,11 +129,11 @@ def test_constructor_defaults_init_epoch_20_and_the_linear_ramp_over_ten_epochs(
     assert rows_with_grad(st.model) == rows_with_grad(st.peer) == {1, 3, 4, 6, 7}
     assert st.epoch_metrics()["disagreement"] == pytest.approx(5 / 8)
     st.on_epoch_start(5, 30)
-    assert st.epoch_metrics() == {"remember_rate": pytest.approx(1 - 0.4 * 5 / 10)}
+    assert st.epoch_metrics() == {"remember_rate": pytest.approx(1 - 0.4 * 5 / 9)}  # official: linspace(0, 0.4, 10)[5]
     st.zero_grad()
-    st.train_step(IDS, Y, IDS, 19).loss.backward()  # the last Co-Teaching epoch: R = 0.8 of the whole batch
+    st.train_step(IDS, Y, IDS, 19).loss.backward()  # the last Co-Teaching epoch: R = 0.78 of the whole batch
     assert "disagreement" not in st.epoch_metrics()
-    assert len(rows_with_grad(st.model)) == len(rows_with_grad(st.peer)) == int(0.8 * 8)
+    assert len(rows_with_grad(st.model)) == len(rows_with_grad(st.peer)) == int((1 - 0.4 * 5 / 9) * 8) == 6
 
 
 def test_a_single_disagreeing_sample_trains_both_networks():

@@ -100,7 +100,8 @@ def test_options_defaults_and_validation():
     ctx = BuildContext(new_model=lambda: create_model("tiny_cnn", num_classes=10), num_classes=10, noise_rate=0.4)
     st = create_strategy("jocor", context=ctx)
     assert st.co_lambda == 0.9 and st.tau == pytest.approx(0.4) and st.num_gradual == 10
-    assert st.options() == {"forget_rate": pytest.approx(0.4), "num_gradual": 10, "exponent": 1.0, "co_lambda": 0.9}
+    assert st.options() == {"forget_rate": pytest.approx(0.4), "num_gradual": 10, "exponent": 1.0, "ramp": "official",
+                            "co_lambda": 0.9}
     assert set(st.extra_predictors()) == {"net2", "ensemble"}
     assert create_strategy("jocor", context=ctx, co_lambda=0.5, forget_rate=0.2).co_lambda == 0.5
     for bad in (-0.1, 1.5):
@@ -135,12 +136,12 @@ def test_cli_runs_jocor_with_a_strategy_option(tiny_cifar10, tmp_path):
     assert {"label_precision", "label_recall"} <= set(record["history"][0])
 
 
-def test_constructor_defaults_lambda_0_9_and_the_linear_ramp_over_ten_epochs():
+def test_constructor_defaults_lambda_0_9_and_the_official_linear_ramp_over_ten_epochs():
     st = JoCoR(PerSampleLogits.from_margins(MARGINS1), PerSampleLogits.from_margins(MARGINS2), forget_rate=0.5)
     assert (st.co_lambda, st.num_gradual, st.exponent) == (0.9, 10, 1.0)
     assert st.epoch_metrics() == {"remember_rate": 1.0}
     st.on_epoch_start(4, 20)
-    assert st.epoch_metrics() == {"remember_rate": pytest.approx(1 - 0.5 * 4 / 10)}  # 0.8 of 6 -> 4 kept
+    assert st.epoch_metrics() == {"remember_rate": pytest.approx(1 - 0.5 * 4 / 9)}  # 0.78 of 6 -> 4 kept
     out = st.train_step(IDS, Y, IDS, 4)
     per_sample = 0.1 * 2 * torch.tensor([softplus(m) for m in MARGINS1]) + 0.9 * official_co_reg(
         st.model.table.detach(), st.peer.table.detach())
