@@ -192,13 +192,20 @@ def test_study_presets_are_valid_options(name):
 # ---- GCE / SCE: contracts pinned one mechanism at a time ----------------------------------------
 
 def test_losses_name_the_class_dimension_and_emit_no_warnings():
-    # softmax over an implicit dimension is deprecated and warns on every step; the class axis is dim 1
+    # softmax over an implicit dimension is deprecated and warns on every step; the class axis is dim 1.
+    # LOGITS is square, so a softmax over the batch (dim 0) would run silently: the values tell them apart.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        generalized_ce(LOGITS, Y, 0.7)
-        reverse_ce(LOGITS, Y)
+        lq = generalized_ce(LOGITS, Y, 0.7)
+        rce = reverse_ce(LOGITS, Y)
         st = GeneralizedCE(PerSampleLogits(LOGITS), truncate_k=0.5, num_train=3, prune_start=1)
         st.on_train_pass(0, [(torch.arange(3), Y, torch.arange(3))])
+    p_y = [softmax_py(row, label) for row, label in zip(LOGITS.tolist(), Y.tolist())]  # 0.787, 0.665, 0.016
+    assert lq.tolist() == pytest.approx([(1 - p ** 0.7) / 0.7 for p in p_y], rel=1e-6)
+    assert rce.tolist() == pytest.approx([-math.log(1e-4) * (1 - p) for p in p_y], rel=1e-5)
+    assert st.kept.tolist() == [p > 0.5 for p in p_y] == [True, True, False]
+    by_batch = LOGITS.softmax(0).gather(1, Y[:, None]).squeeze(1)  # what dim 0 would have used
+    assert not torch.allclose(by_batch, torch.tensor(p_y), atol=0.05)
 
 
 def test_gce_constructor_defaults_are_the_papers_cifar_recipe():
