@@ -40,9 +40,10 @@ class CoTeachingPlus(CoTeaching):
 
     Forget rate tau (default: the realised noise rate) and its ramp over num_gradual epochs are
     Co-Teaching's; the default ramp="official" is the official `gen_forget_rate` ('type_1':
-    np.linspace(0, tau, Tk), then tau; the official code has no exponent, i.e. c = 1). Before epoch `init_epoch` (0-based) a step is a Co-Teaching step; from then on
-    net 1 learns from the int(R(T) * d) disagreeing samples with the smallest loss under net 2 and
-    vice versa, d being the number of disagreeing samples (all d of them if that rounds to 0).
+    np.linspace(0, tau, Tk), then tau; the official code has no exponent, i.e. c = 1). Before
+    epoch `init_epoch` (0-based) a step is a Co-Teaching step; from then on net 1 learns from the
+    int(R(T) * d) disagreeing samples with the smallest loss under net 2 and vice versa, d being the
+    number of disagreeing samples (all d of them if that rounds to 0).
 
     Deviations from the official code (xingruiyu/coteaching_plus): the official disagreement branch
     applies cross-entropy to softmax outputs instead of logits and divides the mean loss by the

@@ -120,8 +120,9 @@ class CoTeaching(Strategy):
     """
 
     Config = CoTeachingConfig
-    # fast (10 epochs): Tk = 2, the official ramp [0, tau] is full from the second epoch on, before the
-    # fast recipe's network starts to memorise (the paper's Tk = 10 of 200 epochs would leave no epoch at the full rate).
+    # fast (10 epochs): Tk = 2, the official ramp [0, tau] is full from the second epoch on, before
+    # the fast recipe's network starts to memorise (the paper's Tk = 10 of 200 epochs would leave no
+    # epoch at the full rate).
     presets: ClassVar[dict[str, dict]] = {"quick": {"num_gradual": 5}, "paper": {"num_gradual": 10},
                                           "fast": {"num_gradual": 2}}
 

@@ -48,10 +48,11 @@ class JoCoR(CoTeaching):
     """JoCoR (Wei et al. 2020): both nets learn from the small-loss samples of a joint CE + symmetric-KL loss.
 
     Forget rate tau (default: the realised noise rate) and its ramp over num_gradual epochs are
-    Co-Teaching's (default ramp="official": the official `rate_schedule`, np.linspace(0, tau ** c, Tk)
-    then tau, the same code as Co-Teaching's); the loss is the mean joint loss over the kept samples,
-    as in the official `loss_jocor`; co_lambda = 0.9 is the official README's value for CIFAR-10 with 20% and 50%
-    symmetric noise (its command-line default is 0.1; 0.65 at 80% noise, 0.85 for CIFAR-100).
+    Co-Teaching's (default ramp="official": the official `rate_schedule`, np.linspace(0, tau ** c,
+    Tk) then tau, the same code as Co-Teaching's); the loss is the mean joint loss over the kept
+    samples, as in the official `loss_jocor`. co_lambda = 0.9 is the official README's value for
+    CIFAR-10 with 20% and 50% symmetric noise (its command-line default is 0.1; 0.65 at 80% noise,
+    0.85 for CIFAR-100).
 
     Deviations from the official code (hongxin001/JoCoR): the forget rate defaults to the realised
     noise rate for every noise type (the official code halves it for asymmetric noise: pass
