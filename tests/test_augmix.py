@@ -446,8 +446,28 @@ def test_config_validation_messages(option, value, message):
                                            ("severity", 10), ("jsd_weight", 0.0)])
 def test_boundary_options_are_accepted(option, value):
     AugMixConfig(**{option: value}).validate()
-    if option != "jsd_weight":
-        AugMixViews(None, MEAN, STD, **{option: value})
+    strategy = create_strategy("augmix", torch.nn.Flatten(), num_classes=2, **{option: value})
+    assert getattr(strategy.config, option) == value
+    if option == "jsd_weight":
+        # lambda = 0: the loss is the clean view's cross-entropy alone, whatever the AugMix views predict
+        x, y = torch.randn(4, 3, 2, 1, 1, generator=gen(3)), torch.tensor([0, 1, 1, 0])
+        loss = strategy.train_step(x, y, torch.arange(4), 0).loss
+        assert loss.item() == pytest.approx(F.cross_entropy(x[:, 0].flatten(1), y).item(), rel=1e-6)
+        assert jensen_shannon([x[:, 0].flatten(1), x[:, 1].flatten(1), x[:, 2].flatten(1)]).item() > 0.01
+        return
+    # the edge value reaches the views the run trains on, which are the reference mixture of reference chains
+    settings = {"width": 3, "depth": -1, "severity": 3, option: value}  # AugMixConfig defaults + the edge
+    views = strategy.train_augment(None, type("Splits", (), {"mean": MEAN, "std": STD})())
+    assert isinstance(views, AugMixViews) and getattr(views, option) == value
+    n, base = 4, images(4, seed=5).float()
+    out = views.augmix(base, gen(21))
+    g = gen(21)
+    chains = _reference_chain(base.repeat(settings["width"], 1, 1, 1), settings["depth"], settings["severity"], g)
+    w, m = sample_mixing_weights(n, settings["width"], g, "cpu")
+    mixed = sum(w[:, i].view(n, 1, 1, 1) * chains[i * n:(i + 1) * n] for i in range(settings["width"]))
+    expected = (1 - m).view(n, 1, 1, 1) * base + m.view(n, 1, 1, 1) * mixed
+    assert torch.allclose(out[0], expected, atol=1e-4)
+    assert not torch.allclose(out[0], base, atol=1.0)  # the chains changed the images
 
 
 @pytest.mark.parametrize("option, value, message", [

@@ -8,18 +8,24 @@ from torch import nn
 
 from coteach_helpers import FixedLogits, PerSampleLogits
 from robustlab.errors import UsageError
-from robustlab.strategies.coteaching import CoTeaching, EnsembleLogits, cross_update_indices, remember_rate
+from robustlab.strategies.coteaching import RAMPS, CoTeaching, EnsembleLogits, cross_update_indices, remember_rate
 
 
-@pytest.mark.parametrize("epoch,expected", [(0, 1.0), (1, 0.94), (5, 0.7), (10, 0.7), (50, 0.7)])
-def test_remember_rate_matches_hand_values(epoch, expected):
-    # R(T) = 1 - min(T / Tk * tau, tau) with tau = 0.3, Tk = 5
-    assert remember_rate(epoch, tau=0.3, num_gradual=5) == pytest.approx(expected)
+@pytest.mark.parametrize("epoch,paper,official", [(0, 1.0, 1.0), (1, 0.94, 0.925), (4, 0.76, 0.7), (5, 0.7, 0.7),
+                                                   (10, 0.7, 0.7), (50, 0.7, 0.7)])
+def test_remember_rate_matches_hand_values(epoch, paper, official):
+    # tau = 0.3, Tk = 5. paper: R(T) = 1 - min(T / Tk * tau, tau); official: 1 - linspace(0, 0.3, 5)[T]
+    # = 1 - (0, 0.075, 0.15, 0.225, 0.3)[T], then 0.7
+    assert remember_rate(epoch, tau=0.3, num_gradual=5, ramp="paper") == pytest.approx(paper)
+    assert remember_rate(epoch, tau=0.3, num_gradual=5) == pytest.approx(official)
 
 
 def test_remember_rate_exponent_shapes_the_ramp():
-    # tau * (T/Tk)^2 at T = 2, Tk = 4: 0.4 * 0.25 = 0.1 forgotten
-    assert remember_rate(2, tau=0.4, num_gradual=4, exponent=2) == pytest.approx(0.9)
+    # paper: tau * (T/Tk)^2 at T = 2, Tk = 4: 0.4 * 0.25 = 0.1 forgotten
+    assert remember_rate(2, tau=0.4, num_gradual=4, exponent=2, ramp="paper") == pytest.approx(0.9)
+    # official: linspace(0, 0.4 ** 2, 4) = (0, 0.0533, 0.1067, 0.16), then a step to tau = 0.4
+    official = [remember_rate(e, tau=0.4, num_gradual=4, exponent=2) for e in range(6)]
+    assert official == pytest.approx([1.0, 1 - 0.16 / 3, 1 - 0.32 / 3, 0.84, 0.6, 0.6])
 
 
 def test_cross_update_swaps_small_loss_picks():
@@ -157,11 +163,12 @@ def test_label_precision_accumulates_over_batches_with_shuffled_indices():
 
 
 def test_remember_rate_ramps_then_holds_and_reaches_the_step():
-    st = CoTeaching(nn.Linear(1, 2), nn.Linear(1, 2), forget_rate=0.4, num_gradual=4, exponent=2.0)
-    for epoch, expected in ((0, 1.0), (2, 1 - 0.4 * 0.25), (4, 0.6), (9, 0.6)):
-        st.on_epoch_start(epoch, 10)
-        assert st.epoch_metrics() == {"remember_rate": pytest.approx(expected)}
-    assert remember_rate(3, tau=0.2, num_gradual=0) == pytest.approx(0.8)  # Tk = 0: tau from the start
+    for ramp, ramped in (("official", [1.0, 1 - 0.32 / 3, 0.84]), ("paper", [1.0, 1 - 0.4 * 0.25, 1 - 0.4 * 0.5625])):
+        st = CoTeaching(nn.Linear(1, 2), nn.Linear(1, 2), forget_rate=0.4, num_gradual=4, exponent=2.0, ramp=ramp)
+        for epoch, expected in zip((0, 2, 3, 4, 9), ramped + [0.6, 0.6]):
+            st.on_epoch_start(epoch, 10)
+            assert st.epoch_metrics() == {"remember_rate": pytest.approx(expected)}
+        assert remember_rate(3, tau=0.2, num_gradual=0, ramp=ramp) == pytest.approx(0.8)  # Tk = 0: tau from the start
 
 
 def test_build_takes_the_noise_rate_and_two_fresh_networks():
@@ -177,7 +184,8 @@ def test_build_takes_the_noise_rate_and_two_fresh_networks():
     st = create_strategy("coteach", context=ctx, num_gradual=3, exponent=0.5)
     assert st.model is made[0] and st.peer is made[1] and len(made) == 2
     assert (st.tau, st.num_gradual, st.exponent) == (0.25, 3, 0.5)
-    assert st.options() == {"forget_rate": 0.25, "num_gradual": 3, "exponent": 0.5, "forget_rate_source": "oracle"}
+    assert st.options() == {"forget_rate": 0.25, "num_gradual": 3, "exponent": 0.5, "ramp": "official",
+                            "forget_rate_source": "oracle"}
     explicit = create_strategy("coteach", context=ctx, forget_rate=0.1)
     assert explicit.tau == 0.1 and explicit.options()["forget_rate"] == 0.1
     assert set(st.extra_predictors()) == {"net2", "ensemble"} and st.extra_predictors()["net2"] is st.peer
@@ -251,21 +259,24 @@ def test_exponent_zero_is_refused_by_the_config():
 
 
 def test_one_gradual_epoch_starts_from_keeping_everything_and_the_default_ramp_is_linear():
-    assert remember_rate(0, tau=0.3, num_gradual=1) == 1.0 and remember_rate(1, tau=0.3, num_gradual=1) == pytest.approx(0.7)
+    for ramp in RAMPS:  # official: linspace(0, tau, 1) = [0]; paper: tau * min(0 / 1, 1) = 0
+        assert remember_rate(0, tau=0.3, num_gradual=1, ramp=ramp) == 1.0
+        assert remember_rate(1, tau=0.3, num_gradual=1, ramp=ramp) == pytest.approx(0.7)
     st = CoTeaching(nn.Linear(1, 2), nn.Linear(1, 2), forget_rate=0.4, num_gradual=4)  # default exponent: linear
     st.on_epoch_start(1, 4)
-    assert st.epoch_metrics()["remember_rate"] == pytest.approx(0.9)
+    assert st.epoch_metrics()["remember_rate"] == pytest.approx(1 - 0.4 / 3)  # official: linspace(0, 0.4, 4)[1]
 
 
-def test_constructor_defaults_are_the_papers_linear_ramp_over_ten_epochs():
+def test_constructor_defaults_are_the_official_linear_ramp_over_ten_epochs():
     from robustlab.strategies.coteaching import forget_rate
 
-    # Han et al. 2018: R(T) = 1 - tau * min(T / Tk, 1) with Tk = 10 (exponent c = 1)
+    # bhanML/Co-teaching: rate_schedule[:10] = linspace(0, tau, 10) (exponent c = 1)
     st = CoTeaching(nn.Linear(1, 2), nn.Linear(1, 2), forget_rate=0.4)
-    assert (st.num_gradual, st.exponent) == (10, 1.0)
+    assert (st.num_gradual, st.exponent, st.ramp) == (10, 1.0, "official")
     st.on_epoch_start(5, 20)
-    assert st.epoch_metrics()["remember_rate"] == pytest.approx(1 - 0.4 * 5 / 10)
-    assert forget_rate(2, 0.4, 4) == pytest.approx(0.4 * 2 / 4)  # forget_rate's own default is linear too
+    assert st.epoch_metrics()["remember_rate"] == pytest.approx(1 - 0.4 * 5 / 9)
+    assert forget_rate(2, 0.4, 4) == pytest.approx(0.4 * 2 / 3)  # forget_rate's own default is the official ramp
+    assert forget_rate(2, 0.4, 4, ramp="paper") == pytest.approx(0.4 * 2 / 4)
 
 
 def test_before_any_epoch_start_every_sample_is_kept():
@@ -277,3 +288,72 @@ def test_before_any_epoch_start_every_sample_is_kept():
     l1 = F.cross_entropy(net1.table.detach(), y)
     l2 = F.cross_entropy(net2.table.detach(), y)
     assert out.loss.item() == pytest.approx((l1 + l2).item(), rel=1e-6)
+
+
+# ---- the official forget-rate schedule, pinned sample by sample ---------------------------------
+
+
+def official_rate_schedule(n_epoch, forget_rate, num_gradual, exponent):
+    """Port of bhanML/Co-teaching main.py (also hongxin001/JoCoR; xingruiyu/coteaching_plus with c = 1)."""
+    import numpy as np
+
+    rate_schedule = np.ones(n_epoch) * forget_rate
+    rate_schedule[:num_gradual] = np.linspace(0, forget_rate ** exponent, num_gradual)
+    return rate_schedule
+
+
+def kept_per_epoch(epochs, batch=32, **kwargs):
+    """How many of a batch of `batch` samples each network keeps at each epoch, read off the gradients."""
+    net1 = PerSampleLogits(torch.randn(batch, 2, generator=torch.Generator().manual_seed(0)))
+    net2 = PerSampleLogits(torch.randn(batch, 2, generator=torch.Generator().manual_seed(1)))
+    st = CoTeaching(net1, net2, **kwargs)
+    counts = []
+    for epoch in range(epochs):
+        st.on_epoch_start(epoch, epochs)
+        st.zero_grad()
+        st.train_step(torch.arange(batch), torch.zeros(batch, dtype=torch.long), torch.arange(batch), epoch).loss.backward()
+        rows1 = int(net1.table.grad.abs().sum(1).gt(0).sum())
+        assert rows1 == int(net2.table.grad.abs().sum(1).gt(0).sum())
+        counts.append(rows1)
+    return counts
+
+
+def test_kept_counts_per_epoch_follow_the_official_schedule_and_the_paper_option():
+    # batch 32, Tk = 10. official: int((1 - tau * e / 9) * 32); paper: int((1 - tau * min(e / 10, 1)) * 32)
+    assert kept_per_epoch(12, forget_rate=0.25, num_gradual=10) == [32, 31, 30, 29, 28, 27, 26, 25, 24, 24, 24, 24]
+    assert kept_per_epoch(12, forget_rate=0.25, num_gradual=10, ramp="paper") == [32, 31, 30, 29, 28, 28, 27, 26, 25, 24, 24, 24]
+    # tau = 0.4: at epoch 5 the official schedule keeps 24 (forget 0.4 * 5 / 9), the paper's 25 (forget 0.2)
+    assert kept_per_epoch(11, forget_rate=0.4, num_gradual=10) == [32, 30, 29, 27, 26, 24, 23, 22, 20, 19, 19]
+    assert kept_per_epoch(11, forget_rate=0.4, num_gradual=10, ramp="paper") == [32, 30, 29, 28, 26, 25, 24, 23, 21, 20, 19]
+    # c = 2: linear up to tau ** 2 = 0.16 (keep 26 of 32), then the step to tau (keep 19)
+    assert kept_per_epoch(6, forget_rate=0.4, num_gradual=4, exponent=2.0) == [32, 30, 28, 26, 19, 19]
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.1, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.8])
+@pytest.mark.parametrize("num_gradual, exponent", [(0, 1.0), (1, 1.0), (2, 1.0), (5, 1.0), (10, 1.0), (15, 1.0),
+                                                   (10, 0.5), (10, 2.0), (7, 1.5)])
+def test_forget_rate_equals_the_official_rate_schedule_to_the_bit(tau, num_gradual, exponent):
+    from robustlab.strategies.coteaching import forget_rate
+
+    n_epoch = 25
+    official = official_rate_schedule(n_epoch, tau, num_gradual, exponent)
+    ours = [forget_rate(e, tau, num_gradual, exponent) for e in range(n_epoch)]
+    assert ours == official.tolist()  # exact: the kept counts int((1 - rate) * batch) agree for every batch size
+    for batch in (7, 32, 100, 128):
+        assert [int((1 - r) * batch) for r in ours] == [int((1 - r) * batch) for r in official]
+
+
+def test_an_unknown_ramp_is_refused_naming_the_choices():
+    from robustlab.strategies import make_config
+    from robustlab.strategies.coteaching import CoTeachingConfig, forget_rate
+
+    message = "ramp must be one of official, paper, got 'linear'"
+    for make_it, prefix in ((lambda: make_config("coteach", {"ramp": "linear"}), "strategy 'coteach': "),
+                            (lambda: CoTeachingConfig(ramp="linear").validate(), ""),
+                            (lambda: CoTeaching(nn.Linear(1, 2), nn.Linear(1, 2), forget_rate=0.2, ramp="linear"), ""),
+                            (lambda: forget_rate(1, 0.2, 10, ramp="linear"), "")):
+        with pytest.raises(UsageError) as info:
+            make_it()
+        assert str(info.value) == prefix + message
+    assert make_config("jocor", {"ramp": "paper"}).ramp == "paper"
+    assert make_config("coteach_plus", {"ramp": "paper"}).ramp == "paper"

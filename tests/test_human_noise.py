@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import write_tiny_cifar100
+from conftest import _data_dir, write_tiny_cifar100
 
 from robustlab.corruptions.dataset_noise import dataset_noisy_labels, parse_noise_type
 from robustlab.corruptions.human import CIFAR10_CLASSES, PUBLISHED_RATES, image_folder_train_files, original_index
@@ -22,7 +22,7 @@ from robustlab.errors import UsageError
 from robustlab.experiment import Context, DataConfig, prepare_data
 
 N_TRAIN = 90
-REAL = Path("/work/shared/data/cifar-n")
+REAL = _data_dir() / "cifar-n"  # ROBUSTLAB_DATA (or ../shared/data next to the checkout)
 KEYS = {"aggre": "aggre_label", "random1": "random_label1", "random2": "random_label2", "random3": "random_label3",
         "worst": "worse_label"}
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from coteach_helpers import PerSampleLogits, rows_with_grad, softplus
-from noisy_toy import fit_toy
+from noisy_toy import TWO_NETWORK_TOY, ce_test_accuracy, fit_toy
 from robustlab.errors import UsageError
 from robustlab.models import create_model
 from robustlab.strategies import BuildContext, create_strategy, make_config
@@ -100,8 +100,8 @@ def test_options_defaults_and_validation():
     ctx = BuildContext(new_model=lambda: create_model("tiny_cnn", num_classes=10), num_classes=10, noise_rate=0.4)
     st = create_strategy("jocor", context=ctx)
     assert st.co_lambda == 0.9 and st.tau == pytest.approx(0.4) and st.num_gradual == 10
-    assert st.options() == {"forget_rate": pytest.approx(0.4), "num_gradual": 10, "exponent": 1.0, "co_lambda": 0.9,
-                            "forget_rate_source": "oracle"}
+    assert st.options() == {"forget_rate": pytest.approx(0.4), "num_gradual": 10, "exponent": 1.0, "ramp": "official",
+                            "co_lambda": 0.9, "forget_rate_source": "oracle"}
     assert set(st.extra_predictors()) == {"net2", "ensemble"}
     assert create_strategy("jocor", context=ctx, co_lambda=0.5, forget_rate=0.2).co_lambda == 0.5
     for bad in (-0.1, 1.5):
@@ -109,12 +109,14 @@ def test_options_defaults_and_validation():
             make_config("jocor", {"co_lambda": bad})
 
 
-def test_trains_on_noisy_toy_labels_and_keeps_mostly_clean_samples():
-    _, result = fit_toy("jocor", noise=0.3, epochs=8, num_gradual=2)
+def test_keeps_mostly_clean_samples_and_beats_memorising_ce():
+    # 50% symmetric noise, Adam, 50 epochs: CE memorises the flipped labels (0.68 on the clean test
+    # images); JoCoR's joint small-loss selection keeps the band (>= 0.99)
+    _, result = fit_toy("jocor", TWO_NETWORK_TOY, num_gradual=10)
     last = result.history[-1]
-    assert last["label_precision"] > 0.8  # the noisy labels are 30%: selection beats keeping everything
+    assert last["label_precision"] > 0.8  # half the labels are noisy: selection beats keeping everything
     assert 0.5 < last["label_recall"] <= 1.0
-    assert result.metrics["test_acc"] >= 0.6 and result.metrics["test_net2_acc"] >= 0.6  # chance: 0.25
+    assert min(result.metrics["test_acc"], result.metrics["test_net2_acc"]) >= ce_test_accuracy(TWO_NETWORK_TOY) + 0.2
 
 
 def test_cli_runs_jocor_with_a_strategy_option(tiny_cifar10, tmp_path):
@@ -134,12 +136,12 @@ def test_cli_runs_jocor_with_a_strategy_option(tiny_cifar10, tmp_path):
     assert {"label_precision", "label_recall"} <= set(record["history"][0])
 
 
-def test_constructor_defaults_lambda_0_9_and_the_linear_ramp_over_ten_epochs():
+def test_constructor_defaults_lambda_0_9_and_the_official_linear_ramp_over_ten_epochs():
     st = JoCoR(PerSampleLogits.from_margins(MARGINS1), PerSampleLogits.from_margins(MARGINS2), forget_rate=0.5)
     assert (st.co_lambda, st.num_gradual, st.exponent) == (0.9, 10, 1.0)
     assert st.epoch_metrics() == {"remember_rate": 1.0}
     st.on_epoch_start(4, 20)
-    assert st.epoch_metrics() == {"remember_rate": pytest.approx(1 - 0.5 * 4 / 10)}  # 0.8 of 6 -> 4 kept
+    assert st.epoch_metrics() == {"remember_rate": pytest.approx(1 - 0.5 * 4 / 9)}  # 0.78 of 6 -> 4 kept
     out = st.train_step(IDS, Y, IDS, 4)
     per_sample = 0.1 * 2 * torch.tensor([softplus(m) for m in MARGINS1]) + 0.9 * official_co_reg(
         st.model.table.detach(), st.peer.table.detach())

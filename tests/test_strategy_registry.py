@@ -28,7 +28,7 @@ def test_unknown_strategy_lists_the_known_ones():
 
 
 def test_unknown_option_names_it_and_lists_the_fields():
-    with pytest.raises(UsageError, match=r"unknown option\(s\) bogus for strategy 'coteach'; known: forget_rate, num_gradual, exponent"):
+    with pytest.raises(UsageError, match=r"unknown option\(s\) bogus for strategy 'coteach'; known: forget_rate, num_gradual, exponent, ramp"):
         make_config("coteach", {"bogus": 1})
 
 

@@ -20,7 +20,13 @@ with black fill per image, PIL's pixel-centre convention, rounded back to 8 bits
 Deviations: the chains start from the standard augmentation rounded to 8 bits (it already is for
 crop + flip); at the image border the geometric ops blend with the black fill (PIL leaves pixels
 that map outside black and does not blend); the Dirichlet/Beta parameters are fixed at 1 (as in
-the official code, where they are not options); random numbers come from torch generators.
+the official code, where they are not options); random numbers come from torch generators. All
+three views are normalised with the run's per-channel mean/std (e.g. the CIFAR statistics, like
+every other strategy's inputs); the official code normalises with mean 0.5, std 0.5 per channel
+(`transforms.Normalize([0.5] * 3, [0.5] * 3)` in cifar.py). The official code mixes normalised
+tensors, robustlab mixes 0..255 values and then normalises: with convex weights the two agree up to
+float rounding, so only the input scaling the network sees differs (an affine map per channel,
+which the first convolution and BatchNorm can absorb).
 """
 from __future__ import annotations
 

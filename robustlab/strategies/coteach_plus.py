@@ -38,16 +38,19 @@ class CoTeachingPlusConfig(CoTeachingConfig):
 class CoTeachingPlus(CoTeaching):
     """Co-teaching+ (Yu et al. 2019): after init_epoch, small-loss cross-update among disagreeing samples only.
 
-    Forget rate tau (default: the realised noise rate, an oracle; forget_rate="estimate" takes the
-    noise rate estimated from the noisy labels) and its ramp over num_gradual epochs are
-    Co-Teaching's. Before epoch `init_epoch` (0-based) a step is a Co-Teaching step; from then on
-    net 1 learns from the int(R(T) * d) disagreeing samples with the smallest loss under net 2 and
-    vice versa, d being the number of disagreeing samples (all d of them if that rounds to 0).
+    Forget rate tau (default: the realised noise rate, an oracle;
+    forget_rate="estimate" takes the noise rate estimated from the noisy labels) and its ramp over num_gradual epochs are
+    Co-Teaching's; the default ramp="official" is the official `gen_forget_rate` ('type_1':
+    np.linspace(0, tau, Tk), then tau; the official code has no exponent, i.e. c = 1). Before
+    epoch `init_epoch` (0-based) a step is a Co-Teaching step; from then on net 1 learns from the
+    int(R(T) * d) disagreeing samples with the smallest loss under net 2 and vice versa, d being the
+    number of disagreeing samples (all d of them if that rounds to 0).
 
     Deviations from the official code (xingruiyu/coteaching_plus): the official disagreement branch
     applies cross-entropy to softmax outputs instead of logits and divides the mean loss by the
     number kept once more; here it is the paper's cross-entropy of the logits, averaged over the
-    kept samples. A batch without disagreement gives no gradient (the official code then trains on
+    kept samples (the Co-Teaching phase before init_epoch differs in the same division, see
+    CoTeaching). A batch without disagreement gives no gradient (the official code then trains on
     the whole batch while epoch * batch_index < 5000). Epochs count from 0 here (the official
     loop trains epochs 1..n-1, so its first epoch already uses R(1) and only 19 epochs precede
     init_epoch = 20). The official recipe (Adam lr 1e-3, linear decay from epoch 80 of 200) is the
@@ -60,8 +63,8 @@ class CoTeachingPlus(CoTeaching):
                                           "fast": {"num_gradual": 2, "init_epoch": 2}}
 
     def __init__(self, model, peer, forget_rate: float, num_gradual: int = 10, exponent: float = 1.0,
-                 init_epoch: int = 20, clean_labels: torch.Tensor | None = None):
-        super().__init__(model, peer, forget_rate, num_gradual, exponent, clean_labels)
+                 init_epoch: int = 20, clean_labels: torch.Tensor | None = None, ramp: str = "official"):
+        super().__init__(model, peer, forget_rate, num_gradual, exponent, clean_labels, ramp)
         require(init_epoch >= 0, f"init_epoch must be >= 0, got {init_epoch}")
         self.init_epoch = init_epoch
         self._disagree = self._seen = 0

@@ -60,6 +60,15 @@ class GeneralizedCE(Strategy):
     a validation split); the loss is averaged over the batch (not summed), as in the widely used
     PyTorch implementation AlanChou/Truncated-Loss (the authors released no code). The paper's
     ResNet-34 / SGD recipe (lr 0.01, 120 epochs) is the study's to choose, not the strategy's.
+
+    Against AlanChou/Truncated-Loss: its TruncatedLoss is (L_q(p_y) - L_q(k)) * w with w in {0, 1}
+    (kept: L_q(p_y) - L_q(k), truncated: 0); the loss here is L_q(p_y) for kept and L_q(k) for
+    truncated samples, i.e. larger by the constant L_q(k) for every sample (0.5408 at q = 0.7,
+    k = 0.5): same gradients, only the reported loss differs (the paper's eq. 9 is the form here).
+    Its pruning pass iterates over the augmented training loader (random crop + flip, as for
+    training) with the best-on-test checkpoint in eval mode, every 10 epochs from start_prune; the
+    pass here sees the unaugmented training images (the run's shared train-pass loader, also used by
+    DivideMix), so a sample's p_y is that of the image itself rather than of one random crop of it.
     """
 
     Config = GCEConfig

@@ -47,10 +47,13 @@ class JoCoRConfig(CoTeachingConfig):
 class JoCoR(CoTeaching):
     """JoCoR (Wei et al. 2020): both nets learn from the small-loss samples of a joint CE + symmetric-KL loss.
 
-    Forget rate tau (default: the realised noise rate, an oracle; forget_rate="estimate" takes the
-    noise rate estimated from the noisy labels) and its ramp over num_gradual epochs are
-    Co-Teaching's; co_lambda = 0.9 is the official README's value for CIFAR-10 with 20% and 50%
-    symmetric noise (its command-line default is 0.1; 0.65 at 80% noise, 0.85 for CIFAR-100).
+    Forget rate tau (default: the realised noise rate, an oracle;
+    forget_rate="estimate" takes the noise rate estimated from the noisy labels) and its ramp over num_gradual epochs are
+    Co-Teaching's (default ramp="official": the official `rate_schedule`, np.linspace(0, tau ** c,
+    Tk) then tau, the same code as Co-Teaching's); the loss is the mean joint loss over the kept
+    samples, as in the official `loss_jocor`. co_lambda = 0.9 is the official README's value for
+    CIFAR-10 with 20% and 50% symmetric noise (its command-line default is 0.1; 0.65 at 80% noise,
+    0.85 for CIFAR-100).
 
     Deviations from the official code (hongxin001/JoCoR): the forget rate defaults to the realised
     noise rate for every noise type (the official code halves it for asymmetric noise: pass
@@ -65,8 +68,8 @@ class JoCoR(CoTeaching):
                                           "fast": {"num_gradual": 2, "co_lambda": 0.9}}
 
     def __init__(self, model, peer, forget_rate: float, num_gradual: int = 10, exponent: float = 1.0,
-                 co_lambda: float = 0.9, clean_labels: torch.Tensor | None = None):
-        super().__init__(model, peer, forget_rate, num_gradual, exponent, clean_labels)
+                 co_lambda: float = 0.9, clean_labels: torch.Tensor | None = None, ramp: str = "official"):
+        super().__init__(model, peer, forget_rate, num_gradual, exponent, clean_labels, ramp)
         require(0.0 <= co_lambda <= 1.0, f"co_lambda must be in [0, 1], got {co_lambda}")
         self.co_lambda = co_lambda
 

@@ -20,7 +20,7 @@ from robustlab.strategies.base import StepOutput, Strategy
 from robustlab.strategies.registry import register_strategy
 
 OFFICIAL_LOG_ZERO = math.log(1e-4)  # the official code clamps the one-hot label to [1e-4, 1] before the log
-PROB_FLOOR = 1e-7                   # ... and the predicted probabilities to [1e-7, 1] in the reverse term
+PROB_FLOOR = 1e-7                   # the PyTorch port clamps the predictions to [1e-7, 1] in the reverse term
 
 
 def reverse_ce(logits: torch.Tensor, y: torch.Tensor, log_zero: float = OFFICIAL_LOG_ZERO) -> torch.Tensor:
@@ -43,7 +43,7 @@ def symmetric_ce(logits: torch.Tensor, y: torch.Tensor, alpha: float, beta: floa
 @dataclass
 class SCEConfig:
     alpha: float = 0.1              # CE weight (paper, CIFAR-10; CIFAR-100: 6.0)
-    beta: float = 1.0               # RCE weight (paper, CIFAR-10; CIFAR-100: 0.1)
+    beta: float = 1.0               # RCE weight (paper, CIFAR-10; CIFAR-100: 0.1 in the paper, 1.0 in the PyTorch port)
     log_zero: float = OFFICIAL_LOG_ZERO  # A, the value of log 0 in RCE (official code: log 1e-4; paper text: -4)
 
     def validate(self) -> None:
@@ -56,16 +56,22 @@ class SCEConfig:
 class SymmetricCE(Strategy):
     """Symmetric cross-entropy (Wang et al. 2019): alpha * CE + beta * reverse CE, alpha 0.1, beta 1.
 
-    Defaults are the paper's CIFAR-10 values (alpha = 0.1, beta = 1.0; for CIFAR-100 the paper
-    and the official code use alpha = 6.0, beta = 0.1). log 0 in the reverse term is
-    A = log(1e-4) ~ -9.21 and predictions are clamped to >= 1e-7 there, as in the official code
-    (YisenWang/symmetric_cross_entropy_for_noisy_labels, and its PyTorch port
-    HanxunH/SCELoss-Reproduce); the paper's text says A = -4. Since RCE = -A (1 - p_y),
-    A only rescales beta: pass log_zero=-4 for the paper's text.
+    Defaults are the paper's CIFAR-10 values (alpha = 0.1, beta = 1.0). For CIFAR-100 the paper
+    and the official TensorFlow code (YisenWang/symmetric_cross_entropy_for_noisy_labels,
+    train_models.py) use alpha = 6.0, beta = 0.1; the PyTorch port (HanxunH/SCELoss-Reproduce,
+    README) runs CIFAR-100 with alpha = 6.0, beta = 1.0. log 0 in the reverse term is
+    A = log(1e-4) ~ -9.21 (both codes clamp the one-hot label to [1e-4, 1] before the log); the
+    paper's text says A = -4. Since RCE = -A (1 - p_y), A only rescales beta: pass log_zero=-4 for
+    the paper's text.
 
-    Deviations from the official code: CE is computed from log-softmax without its 1e-7
-    probability clamp (as in the PyTorch port); its training recipe (SGD, weight decay 1e-2 on
-    the last layer, gradient clipping at 5 in the port) is the study's to choose.
+    The 1e-7 clamp of the predicted probabilities sits in different terms of the two codes: the
+    TensorFlow original clamps them in the CE term (-sum q log clip(p, 1e-7, 1)) and leaves the
+    reverse term unclamped; the PyTorch port computes CE from the logits (no clamp) and clamps the
+    probabilities in the reverse term. robustlab follows the port: CE from log-softmax, RCE with
+    p clamped to >= 1e-7. Against the TensorFlow original this differs only where a probability
+    is below 1e-7 (CE there is capped at -log 1e-7 ~ 16.1 in TensorFlow; RCE gains at most
+    -A * 1e-7 per class here). The training recipe (SGD, weight decay 1e-2 on the last hidden
+    layer, gradient clipping at 5 in the port) is the study's to choose.
     """
 
     Config = SCEConfig
