@@ -97,7 +97,7 @@ def test_options_defaults_and_validation():
     st = create_strategy("coteach_plus", context=ctx)
     assert st.init_epoch == 20 and st.tau == pytest.approx(0.35) and st.num_gradual == 10
     assert st.options() == {"forget_rate": pytest.approx(0.35), "num_gradual": 10, "exponent": 1.0, "ramp": "official",
-                            "init_epoch": 20}
+                            "init_epoch": 20, "forget_rate_source": "oracle"}
     assert set(st.extra_predictors()) == {"net2", "ensemble"}
     assert create_strategy("coteach_plus", context=ctx, init_epoch=3).init_epoch == 3
     with pytest.raises(UsageError, match="init_epoch must be >= 0"):
