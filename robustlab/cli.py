@@ -108,6 +108,18 @@ def name_list(text: str) -> list[str]:
     return values
 
 
+def check_output_file(path: str | Path, option: str) -> None:
+    """`option` names a file that can be created: not a folder, and no regular file in its way."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder; name the file to write, e.g. {path / ('out' + (path.suffix or '.json'))}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{option} {path}: {parent} is a file, not a folder")
+            break
+
+
 def add_context_args(p: argparse.ArgumentParser, default_out: str) -> None:
     g = p.add_argument_group("where and how")
     g.add_argument("--data-dir", default=os.environ.get("ROBUSTLAB_DATA"),

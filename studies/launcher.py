@@ -20,6 +20,13 @@ LAUNCHERS = ("direct", "local", "slurm")
 Runner = Callable[[ExperimentConfig, Path, Context], "dict | None"]
 
 
+def run_experiment(cfg: ExperimentConfig, out: Path, ctx: Context) -> dict | None:
+    """`robustlab.experiment.run_experiment`, imported when the first run starts (not to print --help)."""
+    from robustlab.experiment import run_experiment as run
+
+    return run(cfg, out, ctx)
+
+
 def add_launcher_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("launching runs")
     g.add_argument("--launcher", choices=LAUNCHERS, default="direct",
@@ -45,7 +52,6 @@ def run_job(cfg: ExperimentConfig, out: Path, ctx: Context, runner: Runner | Non
             plugins: list[str] | tuple = ()) -> bool:
     """One run inside a job process: True if it left a record (the record itself stays on disk).
     `plugins` (the study's --plugin values) are imported first, so their strategies are known there too."""
-    from robustlab.experiment import run_experiment
     from robustlab.plugins import load_plugins
 
     load_plugins(plugins)
@@ -83,8 +89,6 @@ class StudyProgress:
 
 
 def run_direct(pending: list[ExperimentConfig], out: Path, ctx: Context, runner: Runner | None) -> None:
-    from robustlab.experiment import run_experiment
-
     progress = StudyProgress(len(pending), ctx.quiet)
     try:
         for k, cfg in enumerate(pending, 1):

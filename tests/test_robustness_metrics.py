@@ -310,12 +310,15 @@ def _message(call) -> str:
     (np.zeros((0, 4, 4, 3), dtype=np.uint8), "uint8 (0, 4, 4, 3)"),
     (np.zeros((7, 4, 4, 3), dtype=np.uint8), "uint8 (7, 4, 4, 3)"),
     (np.zeros((4, 4, 4, 3), dtype=np.uint8), "uint8 (4, 4, 4, 3)"),
+    (np.zeros((5, 4, 4, 3), dtype=np.uint8), "uint8 (5, 4, 4, 3)"),      # right count and type, not 32x32
+    (np.zeros((5, 32, 28, 3), dtype=np.uint8), "uint8 (5, 32, 28, 3)"),
+    (np.zeros((5, 64, 64, 3), dtype=np.uint8), "uint8 (5, 64, 64, 3)"),
 ])
 def test_each_bad_image_file_has_its_message(tmp_path, array, shown):
     _numbered_release(tmp_path, n=1)
     np.save(tmp_path / "fog.npy", array)
     assert _message(lambda: load_released(tmp_path, "fog")) == (
-        f"{tmp_path / 'fog.npy'} must hold uint8 images of shape (5*N, H, W, 3), got {shown}")
+        f"{tmp_path / 'fog.npy'} must hold uint8 32x32 RGB images of shape (5*N, 32, 32, 3), got {shown}")
 
 
 @pytest.mark.parametrize("labels, shown", [
