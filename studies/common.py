@@ -18,8 +18,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from robustlab.cli import (Parser, add_context_args, add_data_args, add_train_args, describe_defaults, recipe_defaults,
-                           seed_list)
+from robustlab.cli import (Parser, add_context_args, add_data_args, add_noise_type_arg, add_train_args, check_clean_val,
+                           describe_defaults, recipe_defaults, seed_list, unit_rate)
 from robustlab.config import Context, ExperimentConfig
 from robustlab.errors import UsageError
 from robustlab.fileio import write_text
@@ -31,7 +31,10 @@ from studies.launcher import add_launcher_args, check_launcher_args, run_direct,
 PRESETS = ("quick", "paper", "fast")
 
 
-def study_parser(name: str, description: str, dataset: str = "cifar10", smoothing: bool = False) -> Parser:
+def study_parser(name: str, description: str, dataset: str = "cifar10", smoothing: bool = False,
+                 label_noise: bool = True) -> Parser:
+    """The options every study shares; `label_noise` adds --noise-type/--noise-rate/--clean-val for
+    every arm (`apply_label_noise`), for studies whose arms do not vary the noise themselves."""
     p = Parser(prog=f"python -m studies.{name}", description=description)
     add_plugin_arg(p)
     g = p.add_argument_group("study")
@@ -51,9 +54,39 @@ def study_parser(name: str, description: str, dataset: str = "cifar10", smoothin
                         "saved to a file works with robustlab.train --from-record), and exit without running")
     add_launcher_args(p)
     add_data_args(p, dataset)
+    if label_noise:
+        n = p.add_argument_group("label noise", "the same noisy training labels for every arm (default: clean labels)")
+        add_noise_type_arg(n, None, "label noise of every arm (default: none; file with --noise-file)")
+        n.add_argument("--noise-rate", type=unit_rate, default=0.0,
+                       help="rate of synthetic and instance noise (label files bring their own)")
+        n.add_argument("--clean-val", action="store_true",
+                       help="keep the validation labels clean (default: as noisy as the training labels)")
     add_train_args(p, smoothing=smoothing)
     add_context_args(p, default_out=f"results/{name}")
     return p
+
+
+def require_model(*names: str) -> None:
+    """`robustlab.models.require_model`, imported when a study checks its models (not for --help)."""
+    from robustlab.models import require_model as check
+
+    check(*names)
+
+
+def apply_label_noise(args, data) -> None:
+    """--noise-type / --noise-rate / --clean-val of `study_parser(label_noise=True)` on a DataConfig
+    (after `apply_data_args`, which sets --noise-file)."""
+    from robustlab.noise_types import has_nominal_rate
+
+    kind = args.noise_type or ("file" if data.noise_file else ("symmetric" if args.noise_rate else None))
+    if kind is None:
+        if args.clean_val:
+            raise UsageError("--clean-val needs label noise (--noise-type, --noise-rate or --noise-file)")
+        return
+    if has_nominal_rate(kind) and not 0 < args.noise_rate < 1:
+        raise UsageError(f"--noise-type {kind} needs --noise-rate in (0, 1)")
+    data.noise_type, data.noise_rate, data.noisy_val = kind, args.noise_rate, not args.clean_val
+    check_clean_val(data, args.clean_val)
 
 
 def describe_preset_defaults(parser: argparse.ArgumentParser, preset: Callable[[str], ExperimentConfig],

@@ -132,7 +132,7 @@ def plot_figures(res: Results) -> None:
 
 
 def build_parser():
-    p = study_parser("noisy_labels", __doc__)
+    p = study_parser("noisy_labels", __doc__, label_noise=False)
     g = p.add_argument_group("noisy labels")
     g.add_argument("--noise", type=unit_rate, default=None,
                    help="label noise rate in (0, 1) (default 0.3; noise from a label file has the file's rate)")
