@@ -23,7 +23,7 @@ from robustlab.config import ExperimentConfig
 from robustlab.settings import OptimConfig
 from robustlab.train import parse_model_args
 from studies.common import (apply_label_noise, describe_preset_defaults, history_rows, plot_curves, require_model,
-                            study_parser)
+                            split_sizes, study_parser)
 from studies.regularization_arms import (ABLATIONS, Settings, ablation_of, arm_name, build_arms,  # noqa: F401
                                         check_models, describe)
 from studies.skeleton import Results, Study, Table, run_study, seeds_of
@@ -76,7 +76,8 @@ def tables(runs, base: ExperimentConfig, preset_name: str) -> list[Table]:
         epochs = "/".join(map(str, sorted({r.config.train.epochs for r in mine})))
         kwargs = f" {json.dumps(base.model_kwargs)}" if base.model_kwargs else ""
         o = base.train.optim
-        note = (f"{base.data.dataset}, model {base.model}{kwargs}, preset {preset_name}, {epochs} epochs, batch "
+        note = (f"{base.data.dataset} ({split_sizes(mine)}), model {base.model}{kwargs}, preset {preset_name}, {epochs} "
+                f"epochs, batch "
                 f"{base.train.batch_size}, {o.optimizer} momentum {o.momentum:g}, seeds {seeds_of(mine)}. Last-epoch "
                 f"weights on the test split; test_cost = test_loss + lambda * sum(W^2); TTA: {base.train.tta}.")
         out.append(Table(COLUMNS, KEYS, f"Regularization: {ablation}", note, stem=f"table_{ablation}",

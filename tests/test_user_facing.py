@@ -500,3 +500,12 @@ def test_bench_json_out_is_checked_before_timing(tmp_path, capsys, monkeypatch):
                                                "is a file, not a folder")
     assert cli.main(["--json-out", str(tmp_path), "--device", "cpu"]) == 2
     assert f"--json-out {tmp_path} is a folder" in capsys.readouterr().err
+
+
+def test_split_sizes_lists_every_size_the_runs_had():
+    from studies.common import split_sizes
+
+    runs = [_run("a", "symmetric", 0.0, None, (1000, 0, 500)), _run("b", "symmetric", 0.0, None, (45000, 5000, 10000)),
+            _run("c", "symmetric", 0.0, None, (1000, 0, 500))]
+    assert split_sizes(runs) == "1,000|45,000 train / 0|5,000 validation / 500|10,000 test images"
+    assert split_sizes([_run("a", "symmetric", 0.0, None, (1, 2, 3))]) == "1 train / 2 validation / 3 test images"
