@@ -66,13 +66,16 @@ def load_plugins(specs) -> list:
 
 class PluginAction(argparse.Action):
     """argparse action for --plugin: imports the plug-in as soon as the option is read (so it is
-    loaded before anything resolves a strategy name) and collects the specs in a list."""
+    loaded before anything resolves a strategy name) and collects the specs in a list. A plug-in that
+    fails to import (a syntax error, a name already taken) is one line naming it and the error."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         try:
             load_plugin(values)
         except UsageError as exc:
             parser.error(str(exc))
+        except Exception as exc:
+            parser.error(f"--plugin {values} failed to import: {type(exc).__name__}: {exc}")
         items = list(getattr(namespace, self.dest, None) or [])
         setattr(namespace, self.dest, [*items, values])
 

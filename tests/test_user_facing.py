@@ -509,3 +509,21 @@ def test_split_sizes_lists_every_size_the_runs_had():
             _run("c", "symmetric", 0.0, None, (1000, 0, 500))]
     assert split_sizes(runs) == "1,000|45,000 train / 0|5,000 validation / 500|10,000 test images"
     assert split_sizes([_run("a", "symmetric", 0.0, None, (1, 2, 3))]) == "1 train / 2 validation / 3 test images"
+
+
+def test_a_plugin_that_fails_to_import_is_one_line(tmp_path, capsys, own_registry):
+    from robustlab.train import main
+
+    broken = tmp_path / "broken.py"
+    broken.write_text("def oops(:\n")
+    assert _exit(main, ["--plugin", str(broken), "--print-config"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"python -m robustlab.train: error: --plugin {broken} failed to import: SyntaxError")
+    taken = tmp_path / "taken.py"
+    taken.write_text("from robustlab.strategies import NoOptions, Strategy, register_strategy\n\n"
+                     "@register_strategy('ce')\nclass Mine(Strategy):\n    Config = NoOptions\n")
+    assert _exit(main, ["--plugin", str(taken), "--print-config"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"python -m robustlab.train: error: --plugin {taken} failed to import: ValueError: strategy name 'ce' is taken "
+        "by robustlab.strategies.cross_entropy.CrossEntropy (see --help)")
+    assert not any(k.startswith("robustlab_plugin_broken_") or k.startswith("robustlab_plugin_taken_") for k in sys.modules)
