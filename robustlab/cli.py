@@ -108,11 +108,11 @@ def name_list(text: str) -> list[str]:
     return values
 
 
-def check_output_file(path: str | Path, option: str) -> None:
+def check_output_file(path: str | Path, option: str, example: str) -> None:
     """`option` names a file that can be created: not a folder, and no regular file in its way."""
     path = Path(path)
     if path.is_dir():
-        raise UsageError(f"{option} {path} is a folder; name the file to write, e.g. {path / ('out' + (path.suffix or '.json'))}")
+        raise UsageError(f"{option} {path} is a folder; name the file to write, e.g. {path / example}")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():

@@ -73,7 +73,7 @@ def export_rows(cfg, seed: int, data_dir: str | None, cache_dir: str | None) -> 
 def write_csv(path: str | Path, rows: list[tuple]) -> None:
     """The CSV, written atomically (no partial or temporary file is left behind on failure)."""
     path = Path(path)
-    check_output_file(path, "--out")
+    check_output_file(path, "--out", "labels.csv")
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(COLUMNS)
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"data directory {args.data_dir} does not exist")
     if args.noise_file is not None and not Path(args.noise_file).expanduser().is_file():
         raise UsageError(f"--noise-file {args.noise_file}: no such file")
-    check_output_file(args.out, "--out")  # before the labels are computed
+    check_output_file(args.out, "--out", "labels.csv")  # before the labels are computed
     rows, report = export_rows(cfg, args.seed, args.data_dir, args.cache_dir)
     write_csv(args.out, rows)
     rate = (report or {}).get("realized_rate", 0.0)

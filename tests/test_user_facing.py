@@ -448,7 +448,8 @@ def test_noise_export_to_a_folder_fails_before_any_work_and_leaves_nothing(tmp_p
     target = tmp_path / "labels"
     target.mkdir()
     assert noise.main(["export", "--out", str(target)]) == 2
-    assert capsys.readouterr().err.strip().startswith(f"robustlab.noise: error: --out {target} is a folder")
+    assert capsys.readouterr().err.strip() == (f"robustlab.noise: error: --out {target} is a folder; name the file to "
+                                               f"write, e.g. {target / 'labels.csv'}")
     assert list(tmp_path.rglob("*")) == [target]
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -480,9 +481,11 @@ def test_noise_export_write_is_atomic(tmp_path, monkeypatch):
     ("-100", "image counts must be >= 1, got '-100'"),
     ("5000,0", "image counts must be >= 1, got '5000,0'"),
 ])
-def test_bench_scaling_is_checked_when_parsed(value, message, capsys):
+def test_bench_scaling_is_checked_when_parsed(value, message, capsys, monkeypatch):
+    from robustlab.bench import throughput
     from robustlab.bench.cli import build_parser, main
 
+    monkeypatch.setattr(throughput, "bench_images", lambda *a, **k: pytest.fail("data loaded before --scaling was checked"))
     assert _exit(main, ["--scaling", value]) == 2
     assert capsys.readouterr().err.strip() == f"python -m robustlab.bench: error: argument --scaling: {message} (see --help)"
     assert build_parser().parse_args(["--scaling", "none"]).scaling == []
@@ -499,7 +502,8 @@ def test_bench_json_out_is_checked_before_timing(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err.strip() == (f"robustlab.bench.cli: error: --json-out {blocker / 'r.json'}: {blocker} "
                                                "is a file, not a folder")
     assert cli.main(["--json-out", str(tmp_path), "--device", "cpu"]) == 2
-    assert f"--json-out {tmp_path} is a folder" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip().endswith(f"--json-out {tmp_path} is a folder; name the file to write, e.g. "
+                                                    f"{tmp_path / 'bench.json'}")
 
 
 def test_split_sizes_lists_every_size_the_runs_had():

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     require_model(args.model)  # a bad name fails before any data loads
     scaling = args.scaling
     if args.json_out:
-        check_output_file(args.json_out, "--json-out")  # before anything is timed
+        check_output_file(args.json_out, "--json-out", "bench.json")  # before anything is timed
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
