@@ -331,9 +331,12 @@ def test_strategy_args_override_one_methods_preset(tmp_path, capsys):
     (["--clean-val", "--val-size", "0"], "--clean-val needs a validation split (--val-size > 0)"),
     (["--noise-type", "file", "--noise-file", "/no/such/labels.npy"], "--noise-file /no/such/labels.npy: no such file"),
 ])
-def test_bad_study_input_is_one_line_before_anything_is_written(argv, message, tmp_path, capsys):
+def test_bad_study_input_is_one_line_before_anything_is_written(argv, message, tmp_path, capsys, monkeypatch):
+    import studies.launcher
+
+    monkeypatch.setattr(studies.launcher, "run_experiment", lambda *a, **k: pytest.fail("a run started"))
     out = tmp_path / "out"
-    for extra in ([], ["--print-config"]):
+    for extra in (["--print-config"], []):
         assert _exit(noisy_labels.main, argv + extra + ["--out", str(out)]) == 2
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert line.startswith(f"studies.noisy_labels: error: {message}")
