@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: setup demo test bench mutation clean
+.PHONY: setup demo test bench mutation figures clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -41,6 +41,17 @@ endif
 
 bench: setup
 	$(PY) -m robustlab.bench $(ARGS)
+
+# The README's tables and figures in figures/<study>/ (the commands of "Measured results"; studies write only
+# to --out otherwise). Runs that already have a record in results/<study>/ are reused, so once they exist this
+# only rebuilds tables and figures; FIGURES_ARGS=--collect builds them from existing records and trains nothing.
+FIGURES_ARGS ?=
+figures: setup
+	$(PY) -m studies.noisy_labels --noise 0.3 --coteach --preset quick --out results/noisy_labels --figures-dir figures/noisy_labels $(FIGURES_ARGS)
+	$(PY) -m studies.supcon --preset quick --out results/supcon --figures-dir figures/supcon $(FIGURES_ARGS)
+	$(PY) -m studies.architectures --preset quick --out results/architectures --figures-dir figures/architectures $(FIGURES_ARGS)
+	$(PY) -m studies.regularization --ablation basic --preset quick --out results/regularization --figures-dir figures/regularization $(FIGURES_ARGS)
+	$(PY) -m studies.robustness --methods ce,augmix --preset quick --out results/robustness --figures-dir figures/robustness $(FIGURES_ARGS)
 
 clean:
 	rm -rf $(VENV) results .pytest_cache mutants

@@ -1,4 +1,7 @@
-"""Argument parsing shared by `robustlab.train` and the study scripts."""
+"""Argument parsing shared by `robustlab.train` and the study scripts.
+
+Building a parser, printing --help and rejecting a bad option import neither torch nor the models:
+what the options accept comes from `robustlab.settings` and `robustlab.noise_types`."""
 from __future__ import annotations
 
 import argparse
@@ -9,19 +12,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-from robustlab.data.augment import PAD_MODES, AugmentConfig
-from robustlab.engine import TrainConfig
-from robustlab.evaluate import TTA_MODES
+from robustlab.config import Context, DataConfig
 from robustlab.errors import UsageError
-from robustlab.experiment import Context, DataConfig
-from robustlab.precision import PRECISIONS
-from robustlab.schedules import OPTIMIZERS, SCHEDULES
+from robustlab.noise_types import NOISE_TYPE_HELP, parse_noise_type
+from robustlab.settings import OPTIMIZERS, PAD_MODES, PRECISIONS, SCHEDULES, TTA_MODES, AugmentConfig, TrainConfig
 
 
-class DefaultsHelpFormatter(argparse.HelpFormatter):
+class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
     """--help shows each option's default: the value `describe_defaults` attached (the command's
     recipe for options whose parser default is None, "keep the recipe"), else the parser default;
-    nothing for flags, for None, or where the help text already names its default."""
+    nothing for flags, for None, or where the help text already names its default. The description
+    keeps its own line breaks, so usage examples stay one per line."""
 
     def _default_text(self, action) -> str:
         shown = getattr(action, "shown_default", action.default)
@@ -121,6 +122,18 @@ def name_list(text: str) -> list[str]:
     return values
 
 
+def check_output_file(path: str | Path, option: str, example: str) -> None:
+    """`option` names a file that can be created: not a folder, and no regular file in its way."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder; name the file to write, e.g. {path / example}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{option} {path}: {parent} is a file, not a folder")
+            break
+
+
 def add_context_args(p: argparse.ArgumentParser, default_out: str) -> None:
     g = p.add_argument_group("where and how")
     g.add_argument("--data-dir", default=os.environ.get("ROBUSTLAB_DATA"),
@@ -150,13 +163,23 @@ def add_data_args(p: argparse.ArgumentParser, dataset: str = "cifar10") -> None:
 
 
 def noise_type(text: str) -> str:
-    """argparse type for --noise-type: the forms `robustlab.corruptions.dataset_noise` knows."""
-    from robustlab.corruptions.dataset_noise import parse_noise_type
-
+    """argparse type for --noise-type: the forms `robustlab.noise_types` knows."""
     try:
         return parse_noise_type(text)
     except UsageError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_noise_type_arg(group, default: str | None, help_prefix: str = "label noise") -> None:
+    """--noise-type, listing every valid value in --help."""
+    group.add_argument("--noise-type", type=noise_type, default=default, metavar="TYPE",
+                       help=f"{help_prefix}: {NOISE_TYPE_HELP}")
+
+
+def check_clean_val(data: DataConfig, clean_val: bool) -> None:
+    """--clean-val needs validation images to keep clean."""
+    if clean_val and not data.val_size:
+        raise UsageError("--clean-val needs a validation split (--val-size > 0)")
 
 
 def add_train_args(p: argparse.ArgumentParser, smoothing: bool = True) -> None:
@@ -265,7 +288,10 @@ def apply_momentum_args(args, optim) -> None:
 def apply_data_args(args, data: DataConfig) -> None:
     _set(data, dataset=args.dataset, val_size=args.val_size, train_size=args.train_size, test_size=args.test_size)
     if args.noise_file is not None:
-        data.noise_file = str(Path(args.noise_file).expanduser().resolve())
+        path = Path(args.noise_file).expanduser()
+        if not path.is_file():
+            raise UsageError(f"--noise-file {args.noise_file}: no such file")
+        data.noise_file = str(path.resolve())
 
 
 def context_from_args(args, resume: bool = False) -> Context:

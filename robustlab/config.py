@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from robustlab.data import AugmentConfig
-from robustlab.engine import TrainConfig
 from robustlab.records import config_hash
+from robustlab.settings import AugmentConfig, TrainConfig
 
 EVAL_BATCH_SIZE = 512  # evaluation needs no gradients: large batches, fewer steps
 

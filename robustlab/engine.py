@@ -17,11 +17,12 @@ import torch
 from robustlab import distributed
 from robustlab.checkpoint import load_checkpoint, save_checkpoint
 from robustlab.errors import UsageError, require
-from robustlab.evaluate import TTA_MODES, classification_metrics, collect_logits, l2_term
+from robustlab.evaluate import classification_metrics, collect_logits, l2_term
 from robustlab.loggers import as_logger, log_final_results
-from robustlab.lookahead import Lookahead, LookaheadConfig
-from robustlab.precision import PRECISIONS, resolve_precision
-from robustlab.schedules import OptimConfig, build_optimizer, build_scheduler, param_groups, steps_per_iteration
+from robustlab.lookahead import Lookahead
+from robustlab.precision import resolve_precision
+from robustlab.schedules import build_optimizer, build_scheduler, param_groups, steps_per_iteration
+from robustlab.settings import TrainConfig  # noqa: F401  (re-exported)
 from robustlab.strategies.base import Strategy
 
 
@@ -40,32 +41,6 @@ def _finite_logits(logits: torch.Tensor, labels: torch.Tensor, split: str, epoch
     if not bool(torch.isfinite(logits).all()):
         raise _diverged(f"the {split} predictions became NaN or inf after epoch {epoch + 1}", lr, run_dir)
     return logits, labels
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 128
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    precision: str = "auto"       # auto | fp32 | bf16 (robustlab.precision: auto = bf16 where native)
-    channels_last: bool = True    # channels_last memory format whenever bf16 runs
-    compile: bool = False         # torch.compile the networks
-    early_stop_patience: int = 0  # epochs without validation improvement before stopping; 0 = never
-    tta: str = "flip"             # extra final test evaluation with test-time augmentation
-    grad_clip: float = 0.0        # max global grad norm; 0 = off
-    nan_check_every: int = 50     # steps between (synchronizing) checks for a non-finite loss
-    lookahead: LookaheadConfig = field(default_factory=LookaheadConfig)  # airbench's EMA weights; off by default
-    drop_last: bool = False       # drop the last partial training batch (airbench does)
-
-    def validate(self) -> None:
-        require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
-        require(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
-        require(self.precision in PRECISIONS,
-                f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
-        require(self.tta in TTA_MODES, f"unknown TTA mode {self.tta!r}; choose one of {', '.join(TTA_MODES)}")
-        require(self.early_stop_patience >= 0, "early-stop patience must be >= 0")
-        self.optim.validate()
-        self.lookahead.validate()
 
 
 @dataclass

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from robustlab.errors import require
+from robustlab.settings import TTA_MODES  # noqa: F401  (re-exported)
 
-TTA_MODES = ("none", "flip", "flip_translate", "mirror_translate")
 Predict = Callable[[torch.Tensor], torch.Tensor]
 
 

@@ -8,30 +8,10 @@ such step only takes the snapshot; every epoch ends with w <- ema. Per-sample st
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from robustlab.errors import require
-
-
-@dataclass
-class LookaheadConfig:
-    start_epoch: int = 0     # 0 = off; airbench94 starts at epoch 3 (counted from 0, i.e. the 4th epoch)
-    every: int = 5           # optimizer steps between updates
-    decay: float = 0.95      # per-step decay base
-    power: float = 3.0       # rho grows as (t / T) ** power
-
-    def validate(self) -> None:
-        require(self.start_epoch >= 0, f"lookahead start epoch must be >= 0, got {self.start_epoch}")
-        require(self.every >= 1, f"lookahead every must be >= 1 step, got {self.every}")
-        require(0 <= self.decay <= 1, f"lookahead decay must be in [0, 1], got {self.decay}")
-        require(self.power >= 0, f"lookahead power must be >= 0, got {self.power}")
-
-    @property
-    def enabled(self) -> bool:
-        return self.start_epoch > 0
+from robustlab.settings import LookaheadConfig  # noqa: F401  (re-exported)
 
 
 def averaged_tensors(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -13,14 +13,16 @@ Images a run would not use (`--train-size` subsets) are `unused` and keep their 
 from __future__ import annotations
 
 import csv
+import io
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from robustlab.cli import Parser, noise_type, nonneg_int, positive_int, unit_rate
-from robustlab.corruptions.dataset_noise import NOISE_TYPE_HELP
+from robustlab.cli import Parser, check_output_file, noise_type, nonneg_int, positive_int, unit_rate
 from robustlab.errors import UsageError, cli_entry
+from robustlab.fileio import write_text
+from robustlab.noise_types import NOISE_TYPE_HELP
 
 COLUMNS = ("index", "path", "clean", "noisy", "split")
 
@@ -69,15 +71,15 @@ def export_rows(cfg, seed: int, data_dir: str | None, cache_dir: str | None) -> 
 
 
 def write_csv(path: str | Path, rows: list[tuple]) -> None:
+    """The CSV, written atomically (no partial or temporary file is left behind on failure)."""
     path = Path(path)
+    check_output_file(path, "--out", "labels.csv")
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(COLUMNS)
+    writer.writerows(rows)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(COLUMNS)
-            writer.writerows(rows)
-        tmp.replace(path)
+        write_text(path, buf.getvalue())
     except OSError as exc:
         raise UsageError(f"cannot write {path} ({exc.strerror or exc})") from None
 
@@ -93,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
                      noise_file=str(Path(args.noise_file).expanduser().resolve()) if args.noise_file else None)
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         raise UsageError(f"data directory {args.data_dir} does not exist")
+    if args.noise_file is not None and not Path(args.noise_file).expanduser().is_file():
+        raise UsageError(f"--noise-file {args.noise_file}: no such file")
+    check_output_file(args.out, "--out", "labels.csv")  # before the labels are computed
     rows, report = export_rows(cfg, args.seed, args.data_dir, args.cache_dir)
     write_csv(args.out, rows)
     rate = (report or {}).get("realized_rate", 0.0)

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from robustlab.errors import require
+from robustlab.settings import PRECISIONS  # noqa: F401  (re-exported)
 
-PRECISIONS = ("auto", "fp32", "bf16")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 instructions that compute bf16 dot products
 
 

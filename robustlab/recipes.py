@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from robustlab.config import ExperimentConfig
 from robustlab.errors import UsageError
-from robustlab.lookahead import LookaheadConfig
-from robustlab.schedules import OptimConfig
+from robustlab.settings import LookaheadConfig, OptimConfig
 
 RECIPES = ("default", "fast")
 

@@ -100,9 +100,9 @@ def load_released(directory: str | Path, name: str, limit: int | None = None,
     a missing or malformed file is a UsageError naming it."""
     directory = Path(directory)
     images = _load_npy(directory / f"{name}.npy")
-    require(images.dtype == np.uint8 and images.ndim == 4 and images.shape[-1] == 3 and len(images) > 0
+    require(images.dtype == np.uint8 and images.ndim == 4 and images.shape[1:] == (32, 32, 3) and len(images) > 0
             and len(images) % MAX_SEVERITY == 0,
-            f"{directory / f'{name}.npy'} must hold uint8 images of shape (5*N, H, W, 3), got {images.dtype} "
+            f"{directory / f'{name}.npy'} must hold uint8 32x32 RGB images of shape (5*N, 32, 32, 3), got {images.dtype} "
             f"{images.shape}")
     n = len(images) // MAX_SEVERITY
     labels = _load_npy(directory / "labels.npy")

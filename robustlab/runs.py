@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,19 +17,57 @@ from robustlab.fileio import read_json
 from robustlab.records import read_record
 
 
-def _build(cls, values):
+def _matches(value, hint) -> bool:
+    """Whether a JSON value fits a field's declared type (ints fit floats; lists fit tuples)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is typing.Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is dict or origin is dict:
+        return isinstance(value, dict)
+    if hint in (list, tuple) or origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+        inner = args[0] if args else typing.Any
+        return all(_matches(v, inner) for v in value)
+    return True  # a type this check does not know: leave it to the config's own validation
+
+
+def _build(cls, values, where: str = "config"):
     """A dataclass from a dict, recursively; unknown keys are ignored and missing ones take defaults,
-    so records written by older or newer versions of robustlab still load."""
-    if not dataclasses.is_dataclass(cls) or not isinstance(values, dict):
-        return values
+    so records written by older or newer versions of robustlab still load. A value of the wrong type
+    or shape (a hand-edited file) is a UsageError naming the field."""
+    if not isinstance(values, dict):
+        raise UsageError(f"{where} must be a JSON object, got {values!r}")
     kwargs = {}
-    hints = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     for name, value in values.items():
-        f = hints.get(name)
+        f = fields.get(name)
         if f is None or not f.init:
             continue
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        kwargs[name] = _build(type(default), value) if dataclasses.is_dataclass(default) else value
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, f"{where}.{name}")
+        elif _matches(value, hints[name]):
+            kwargs[name] = value
+        else:
+            hint = hints[name]
+            shown = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+            raise UsageError(f"{where}.{name} must be {shown}, got {value!r}")
     return cls(**kwargs)
 
 
@@ -36,6 +76,20 @@ def config_from_record(record: dict) -> ExperimentConfig:
     config = record.get("config")
     require(isinstance(config, dict) and "model" in config, f"run record {record.get('run_id', '?')} has no model config")
     return _build(ExperimentConfig, config)
+
+
+def check_ranges(cfg: ExperimentConfig) -> None:
+    """The values a run's config must hold beyond their types (the recipe and the strategy check their own)."""
+    from robustlab.noise_types import parse_noise_type
+
+    d = cfg.data
+    require(d.val_size >= 0, f"config.data.val_size must be >= 0, got {d.val_size}")
+    require(d.train_size is None or d.train_size >= 1, f"config.data.train_size must be >= 1, got {d.train_size}")
+    require(d.test_size is None or d.test_size >= 1, f"config.data.test_size must be >= 1, got {d.test_size}")
+    require(0 <= d.noise_rate < 1, f"config.data.noise_rate must be in [0, 1), got {d.noise_rate}")
+    parse_noise_type(d.noise_type)
+    require(cfg.seed >= 0, f"config.seed must be >= 0, got {cfg.seed}")
+    require(bool(cfg.model), "config.model must name a model")
 
 
 def load_run_config(path: str | Path) -> tuple[ExperimentConfig, dict]:
@@ -51,7 +105,10 @@ def load_run_config(path: str | Path) -> tuple[ExperimentConfig, dict]:
             f"{path} is not a run record (no config with a model); pass records/<run_id>.json or --print-config output")
     try:
         cfg = config_from_record(data)
-    except TypeError as exc:  # a config value of the wrong shape (hand-edited file)
+        check_ranges(cfg)
+    except UsageError as exc:  # a config value of the wrong type or shape (hand-edited file)
+        raise UsageError(f"{path}: {exc}") from None
+    except TypeError as exc:
         raise UsageError(f"{path} holds a config robustlab cannot rebuild ({exc})") from None
     recorded_id = data.get("run_id")
     if recorded_id and recorded_id != cfg.run_id:

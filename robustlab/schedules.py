@@ -11,55 +11,11 @@ Schedules change the learning rate only: `cyclic` and `onecycle` keep the config
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 
-from robustlab.errors import UsageError, require
-
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "step", "multistep", "cosine", "warmup_cosine", "cosine_restarts", "cyclic", "onecycle", "plateau",
-             "triangular")
-
-
-@dataclass
-class OptimConfig:
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    schedule: str = "warmup_cosine"
-    warmup_epochs: float = 1.0     # warmup_cosine
-    min_lr: float = 0.0            # floor of the cosine schedules
-    step_size: int = 30            # step: epochs between decays
-    milestones: list[int] = field(default_factory=lambda: [50, 75])  # multistep: epochs
-    gamma: float = 0.1             # step / multistep / plateau decay factor
-    t0: int = 10                   # cosine_restarts: first period in epochs
-    t_mult: int = 1                # cosine_restarts: period growth factor
-    cyclic_base_lr: float = 1e-4   # cyclic (triangular) lower bound; lr is the upper bound
-    cyclic_half_epochs: float = 2.0  # cyclic: epochs per half cycle
-    plateau_patience: int = 3
-    triangle: tuple[float, float, float] = (0.2, 0.23, 0.07)  # triangular: start factor, peak position, end factor
-    norm_lr_scale: float = 1.0     # LR multiplier for trainable normalization parameters (airbench's bias_scaler 64)
-    decoupled_wd: bool = False     # weight_decay is the per-step decay fraction at the peak LR, whatever lr is
-
-    def validate(self) -> None:
-        require(self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        require(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        require(self.lr > 0 and math.isfinite(self.lr), f"learning rate must be > 0, got {self.lr}")
-        require(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
-        require(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
-        require(self.t0 >= 1 and self.t_mult >= 1, "cosine restarts need t0 >= 1 and t_mult >= 1")
-        require(self.step_size >= 1, f"step size must be >= 1 epoch, got {self.step_size}")
-        require(0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}")
-        require(self.schedule != "plateau" or self.gamma < 1, "the plateau schedule needs gamma < 1")
-        require(self.warmup_epochs >= 0, "warm-up epochs must be >= 0")
-        require(self.norm_lr_scale > 0 and math.isfinite(self.norm_lr_scale),
-                f"norm LR scale must be > 0, got {self.norm_lr_scale}")
-        start, peak, end = self.triangle
-        require(0 < peak < 1 and start >= 0 and end >= 0,
-                f"triangle needs a peak position in (0, 1) and factors >= 0, got {tuple(self.triangle)}")
+from robustlab.errors import UsageError
+from robustlab.settings import OPTIMIZERS, SCHEDULES, OptimConfig  # noqa: F401  (re-exported)
 
 
 def param_groups(module: torch.nn.Module, cfg: OptimConfig) -> list[dict]:

@@ -1,19 +1,26 @@
-"""Train one model: `python -m robustlab.train --dataset cifar10 --model small_cnn --epochs 10`.
+"""Train one model.
 
-Re-run a finished run exactly: `python -m robustlab.train --from-record results/train/records/<run_id>.json --out rerun`."""
+    python -m robustlab.train --dataset cifar10 --model small_cnn --epochs 10
+    python -m robustlab.train --strategy coteach --noise-rate 0.4 [--clean-val]
+    python -m robustlab.train --plugin my_strategies.py --strategy mine --strategy-arg alpha=0.5
+
+Re-run a finished run exactly:
+
+    python -m robustlab.train --from-record results/train/records/<run_id>.json --out rerun
+
+Validation labels carry the same noise as the training labels unless --clean-val (as in
+studies.noisy_labels)."""
 from __future__ import annotations
 
 import json
 import sys
 
-from robustlab import distributed
-from robustlab.cli import (Parser, add_context_args, add_data_args, add_train_args, apply_data_args,
-                           apply_train_args, context_from_args, describe_defaults, given_options, noise_type,
-                           nonneg_int, recipe_defaults, unit_rate)
-from robustlab.corruptions.dataset_noise import NOISE_TYPE_HELP
+from robustlab.cli import (Parser, add_context_args, add_data_args, add_noise_type_arg, add_train_args,
+                           apply_data_args, apply_train_args, check_clean_val, context_from_args, describe_defaults,
+                           given_options, nonneg_int, recipe_defaults, unit_rate)
+from robustlab.config import ExperimentConfig, StrategyConfig
 from robustlab.errors import UsageError, cli_entry
-from robustlab.experiment import ExperimentConfig, StrategyConfig, run_experiment
-from robustlab.records import record_path
+from robustlab.plugins import add_plugin_arg
 
 
 def parse_model_args(pairs: list[str], option: str = "--model-arg") -> dict:
@@ -34,11 +41,13 @@ def default_config() -> ExperimentConfig:
     """What `robustlab.train` runs when given no options: ExperimentConfig's defaults for 10 epochs."""
     cfg = ExperimentConfig()
     cfg.train.epochs = 10
+    cfg.data.noisy_val = True  # validation labels as noisy as the training labels, unless --clean-val
     return cfg
 
 
 def build_parser() -> Parser:
     p = Parser(prog="python -m robustlab.train", description=__doc__)
+    add_plugin_arg(p)
     r = p.add_argument_group("run")
     r.add_argument("--model", default="small_cnn", help="a name from `python -m robustlab.models --list`")
     r.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
@@ -53,7 +62,10 @@ def build_parser() -> Parser:
                         "label smoothing 0.2, alternating flip, TTA level 2; robustlab.recipes)")
     n = p.add_argument_group("label noise")
     n.add_argument("--noise-rate", type=unit_rate, default=0.0, help="fraction of corrupted training labels")
-    n.add_argument("--noise-type", type=noise_type, default="symmetric", help=NOISE_TYPE_HELP)
+    add_noise_type_arg(n, "symmetric")
+    n.add_argument("--clean-val", action="store_true",
+                   help="keep the validation labels clean (default: as noisy as the training labels, as a user "
+                        "without clean labels would have them)")
     x = p.add_argument_group("reproduce and inspect")
     x.add_argument("--from-record", metavar="PATH",
                    help="run the config of a run record (<out>/records/<run_id>.json, or saved --print-config "
@@ -89,6 +101,8 @@ def apply_run_args(args, given: set[str], cfg: ExperimentConfig) -> None:
         cfg.data.noise_rate = args.noise_rate
     if "noise_type" in given:
         cfg.data.noise_type = args.noise_type
+    if "clean_val" in given and args.clean_val:
+        cfg.data.noisy_val = False
     if "seed" in given:
         cfg.seed = args.seed
     if "dataset" not in given:
@@ -116,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.strategy = StrategyConfig(name=args.strategy)  # first, so the recipe can set its options
         apply_recipe(cfg, args.recipe)
         apply_run_args(args, set(vars(args)), cfg)
+    check_clean_val(cfg.data, args.clean_val)
     cfg.strategy.validate()  # unknown name or option: one line listing what exists
     from robustlab.models import create_model
     create_model(cfg.model, **cfg.model_kwargs)  # a bad name or option fails before any data is decoded
@@ -127,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     if recorded.get("deterministic") and isinstance(recorded.get("threads"), int) and recorded["threads"] >= 1:
         import torch
         torch.set_num_threads(recorded["threads"])  # CPU sums split by thread: same threads, same bits
+    from robustlab import distributed
+    from robustlab.experiment import run_experiment
+    from robustlab.records import record_path
+
     info = distributed.init_from_env(args.device)
     ctx = context_from_args(args, resume=args.resume)
     record = run_experiment(cfg, args.out, ctx)

@@ -14,9 +14,9 @@ import sys
 
 from robustlab.cli import apply_data_args, apply_train_args, context_from_args, name_list
 from robustlab.errors import UsageError, cli_entry
-from robustlab.experiment import ExperimentConfig
-from robustlab.models import require_model
-from studies.common import accuracy_summary, history_rows, plot_curves, sgd_recipe, study_parser
+from robustlab.config import ExperimentConfig
+from studies.common import (accuracy_summary, apply_label_noise, describe_preset_defaults, history_rows, plot_curves,
+                            require_model, sgd_recipe, study_parser)
 from studies.skeleton import Results, Study, Table, run_study
 
 COLUMNS = ["model", "params", "test_acc_last", "test_acc_val_selected", "test_acc_best_oracle", "test_loss",
@@ -134,6 +134,7 @@ def build_parser():
     g.add_argument("--models", type=name_list, default=None,
                    help="comma-separated registry names (default: the preset's list); "
                         "recipe options such as --lr apply to every model")
+    describe_preset_defaults(p, preset)
     return p
 
 
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     validate_models(models)
     base = preset(args.preset)
     apply_data_args(args, base.data)
+    apply_label_noise(args, base.data)
     apply_train_args(args, base.train, base.augment)  # validates the options once, before any run
     ctx = context_from_args(args, resume=args.resume)
     arms = build_arms(base, models, args.seeds or [0], args)

@@ -18,20 +18,25 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from robustlab import distributed
-from robustlab.cli import Parser, add_context_args, add_data_args, add_train_args, seed_list
+from robustlab.cli import (Parser, add_context_args, add_data_args, add_noise_type_arg, add_train_args, check_clean_val,
+                           describe_defaults, recipe_defaults, seed_list, unit_rate)
+from robustlab.config import Context, ExperimentConfig
 from robustlab.errors import UsageError
-from robustlab.experiment import Context, ExperimentConfig
 from robustlab.fileio import write_text
+from robustlab.plugins import add_plugin_arg
 from robustlab.records import find_record
-from robustlab.schedules import OptimConfig
+from robustlab.settings import OptimConfig
 from studies.launcher import add_launcher_args, check_launcher_args, run_direct, run_submitit
 
 PRESETS = ("quick", "paper", "fast")
 
 
-def study_parser(name: str, description: str, dataset: str = "cifar10", smoothing: bool = False) -> Parser:
+def study_parser(name: str, description: str, dataset: str = "cifar10", smoothing: bool = False,
+                 label_noise: bool = True) -> Parser:
+    """The options every study shares; `label_noise` adds --noise-type/--noise-rate/--clean-val for
+    every arm (`apply_label_noise`), for studies whose arms do not vary the noise themselves."""
     p = Parser(prog=f"python -m studies.{name}", description=description)
+    add_plugin_arg(p)
     g = p.add_argument_group("study")
     g.add_argument("--preset", choices=PRESETS, default="quick",
                    help="quick: minutes on a laptop CPU; paper: the full GPU recipe; fast: airbench and its "
@@ -41,15 +46,80 @@ def study_parser(name: str, description: str, dataset: str = "cifar10", smoothin
                    help="run only share I (0-based) of N of the grid, and skip the tables")
     g.add_argument("--collect", action="store_true", help="run nothing; build tables and figures from existing records")
     g.add_argument("--resume", action="store_true", help="continue unfinished runs from their last checkpoint")
-    g.add_argument("--figures-dir", default=f"figures/{name}", help=f"where figures are copied (default figures/{name})")
+    g.add_argument("--figures-dir", default=None, metavar="DIR",
+                   help=f"also copy the tables and figures to DIR (default: none; they are always written to --out; "
+                        f"`make figures` passes figures/{name} to refresh the README's)")
     g.add_argument("--print-config", action="store_true",
                    help="print every run's run id and config, one JSON object a line (prerequisites first; a line "
                         "saved to a file works with robustlab.train --from-record), and exit without running")
     add_launcher_args(p)
     add_data_args(p, dataset)
+    if label_noise:
+        n = p.add_argument_group("label noise", "the same noisy training labels for every arm (default: clean labels)")
+        add_noise_type_arg(n, None, "label noise of every arm (default: none; file with --noise-file)")
+        n.add_argument("--noise-rate", type=unit_rate, default=0.0,
+                       help="rate of synthetic and instance noise (label files bring their own)")
+        n.add_argument("--clean-val", action="store_true",
+                       help="keep the validation labels clean (default: as noisy as the training labels)")
     add_train_args(p, smoothing=smoothing)
     add_context_args(p, default_out=f"results/{name}")
     return p
+
+
+def require_model(*names: str) -> None:
+    """`robustlab.models.require_model`, imported when a study checks its models (not for --help)."""
+    from robustlab.models import require_model as check
+
+    check(*names)
+
+
+def apply_label_noise(args, data) -> None:
+    """--noise-type / --noise-rate / --clean-val of `study_parser(label_noise=True)` on a DataConfig
+    (after `apply_data_args`, which sets --noise-file)."""
+    from robustlab.noise_types import has_nominal_rate
+
+    kind = args.noise_type or ("file" if data.noise_file else ("symmetric" if args.noise_rate else None))
+    if kind is None:
+        if args.clean_val:
+            raise UsageError("--clean-val needs label noise (--noise-type, --noise-rate or --noise-file)")
+        return
+    if has_nominal_rate(kind) and not 0 < args.noise_rate < 1:
+        raise UsageError(f"--noise-type {kind} needs --noise-rate in (0, 1)")
+    data.noise_type, data.noise_rate, data.noisy_val = kind, args.noise_rate, not args.clean_val
+    check_clean_val(data, args.clean_val)
+
+
+def describe_preset_defaults(parser: argparse.ArgumentParser, preset: Callable[[str], ExperimentConfig],
+                             presets: tuple[str, ...] = PRESETS) -> None:
+    """Show each data/recipe option's value under every preset in --help, e.g. "20 (quick) / 100
+    (paper) / 10 (fast)", or the one value where the presets agree."""
+    per_preset = {name: recipe_defaults(preset(name)) for name in presets}
+    shown = {}
+    for dest in per_preset[presets[0]]:
+        values = {name: per_preset[name][dest] for name in presets}
+        texts = {name: _show(v) for name, v in values.items()}
+        if len(set(texts.values())) == 1:
+            shown[dest] = None if values[presets[0]] is None else texts[presets[0]]
+        else:
+            shown[dest] = " / ".join(f"{texts[name]} ({name})" for name in presets)
+    describe_defaults(parser, shown)
+
+
+def _show(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(_show, value))
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def split_sizes(runs: list[Run]) -> str:
+    """"N train / M validation / K test images" of the runs' records (every size seen, if they differ)."""
+    parts = []
+    for key, label in (("train", "train"), ("val", "validation"), ("test", "test")):
+        sizes = sorted({(r.record.get("data") or {}).get(key) for r in runs} - {None})
+        parts.append(f"{'|'.join(f'{s:,}' for s in sizes) or '?'} {label}")
+    return " / ".join(parts) + " images"
 
 
 def fast_config(model: str = "airbench") -> ExperimentConfig:
@@ -121,6 +191,8 @@ def run_grid(configs: list[ExperimentConfig], args, ctx: Context,
         print_configs(configs, args)
         raise SystemExit(0)
     check_launcher_args(args)
+    from robustlab import distributed
+
     if not args.collect:
         distributed.init_from_env(args.device)
         pending = [c for c in select_shard(configs, args.shard) if find_record(args.out, c.run_id) is None]
@@ -179,6 +251,8 @@ def forget_rate_note(runs: list[Run]) -> str:
 
 def should_tabulate(args) -> bool:
     """Tables and figures come from an unsharded invocation, and from rank 0 only under torchrun."""
+    from robustlab import distributed
+
     return args.shard is None and distributed.current().is_main
 
 

@@ -12,12 +12,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from robustlab.cli import positive_int
+from robustlab.cli import nonneg_int, positive_int
+from robustlab.config import Context, ExperimentConfig
 from robustlab.errors import UsageError, require
-from robustlab.experiment import Context, ExperimentConfig, run_experiment
 
 LAUNCHERS = ("direct", "local", "slurm")
 Runner = Callable[[ExperimentConfig, Path, Context], "dict | None"]
+
+
+def run_experiment(cfg: ExperimentConfig, out: Path, ctx: Context) -> dict | None:
+    """`robustlab.experiment.run_experiment`, imported when the first run starts (not to print --help)."""
+    from robustlab.experiment import run_experiment as run
+
+    return run(cfg, out, ctx)
 
 
 def add_launcher_args(p: argparse.ArgumentParser) -> None:
@@ -26,7 +33,7 @@ def add_launcher_args(p: argparse.ArgumentParser) -> None:
                    help="direct: in this process; slurm: one submitit job per run; local: the same submitit "
                         "path on this machine (default direct)")
     g.add_argument("--slurm-partition", default=None, help="SLURM partition (default: the cluster's)")
-    g.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per SLURM job (default 1)")
+    g.add_argument("--slurm-gpus", type=nonneg_int, default=1, help="GPUs per SLURM job, 0 or more (default 1)")
     g.add_argument("--slurm-time", type=positive_int, default=240, help="time limit per job in minutes (default 240)")
     g.add_argument("--slurm-array-parallelism", type=positive_int, default=None, metavar="N",
                    help="submit one SLURM job array running at most N runs at once (default: one job per run)")
@@ -41,8 +48,13 @@ def check_launcher_args(args) -> None:
         raise UsageError("--no-wait needs --launcher slurm (local jobs end with this process)")
 
 
-def run_job(cfg: ExperimentConfig, out: Path, ctx: Context, runner: Runner | None, threads: int | None) -> bool:
-    """One run inside a job process: True if it left a record (the record itself stays on disk)."""
+def run_job(cfg: ExperimentConfig, out: Path, ctx: Context, runner: Runner | None, threads: int | None,
+            plugins: list[str] | tuple = ()) -> bool:
+    """One run inside a job process: True if it left a record (the record itself stays on disk).
+    `plugins` (the study's --plugin values) are imported first, so their strategies are known there too."""
+    from robustlab.plugins import load_plugins
+
+    load_plugins(plugins)
     if threads:
         import torch
 
@@ -120,7 +132,8 @@ def run_submitit(pending: list[ExperimentConfig], args, ctx: Context, runner: Ru
         threads = torch.get_num_threads()
     job_ctx = replace(ctx, quiet=True)  # jobs write to log files: no progress bars there
     progress = StudyProgress(len(pending), ctx.quiet or args.no_wait)
-    submit = lambda cfg: executor.submit(run_job, cfg, out, job_ctx, runner, threads)  # noqa: E731
+    plugins = list(getattr(args, "plugins", None) or [])
+    submit = lambda cfg: executor.submit(run_job, cfg, out, job_ctx, runner, threads, plugins)  # noqa: E731
     jobs: list = []
     try:
         if not local and args.slurm_array_parallelism:

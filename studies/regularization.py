@@ -19,11 +19,11 @@ import sys
 
 from robustlab.cli import apply_data_args, apply_train_args, context_from_args, unit_rate
 from robustlab.errors import cli_entry
-from robustlab.experiment import ExperimentConfig
-from robustlab.models import require_model
-from robustlab.schedules import OptimConfig
+from robustlab.config import ExperimentConfig
+from robustlab.settings import OptimConfig
 from robustlab.train import parse_model_args
-from studies.common import fast_config, history_rows, plot_curves, study_parser
+from studies.common import (apply_label_noise, describe_preset_defaults, fast_config, history_rows, plot_curves,
+                            require_model, split_sizes, study_parser)
 from studies.regularization_arms import (ABLATIONS, Settings, ablation_of, arm_name, build_arms,  # noqa: F401
                                         check_models, describe)
 from studies.skeleton import Results, Study, Table, run_study, seeds_of
@@ -91,7 +91,8 @@ def tables(runs, base: ExperimentConfig, preset_name: str) -> list[Table]:
         epochs = "/".join(map(str, sorted({r.config.train.epochs for r in mine})))
         kwargs = f" {json.dumps(base.model_kwargs)}" if base.model_kwargs else ""
         o = base.train.optim
-        note = (f"{base.data.dataset}, model {base.model}{kwargs}, preset {preset_name}, {epochs} epochs, batch "
+        note = (f"{base.data.dataset} ({split_sizes(mine)}), model {base.model}{kwargs}, preset {preset_name}, {epochs} "
+                f"epochs, batch "
                 f"{base.train.batch_size}, {o.optimizer} momentum {o.momentum:g}, seeds {seeds_of(mine)}. Last-epoch "
                 f"weights on the test split; test_cost = test_loss + lambda * sum(W^2); TTA: {base.train.tta}.")
         out.append(Table(COLUMNS, KEYS, f"Regularization: {ablation}", note, stem=f"table_{ablation}",
@@ -116,6 +117,7 @@ def build_parser():
     g.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra model keyword for every arm, e.g. widths=[16,32,64] (repeatable)")
     g.add_argument("--dropout", type=unit_rate, default=None, help="dropout rate of the dropout arms")
+    describe_preset_defaults(p, lambda name: preset(name)[0])
     return p
 
 
@@ -124,6 +126,7 @@ def _apply_args(args, base: ExperimentConfig, s: Settings) -> None:
         base.model, base.model_kwargs = args.model, {}
     base.model_kwargs.update(parse_model_args(args.model_arg))
     apply_data_args(args, base.data)
+    apply_label_noise(args, base.data)
     apply_train_args(args, base.train, base.augment)
     if args.dropout is not None:
         s.dropout = args.dropout

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 
 from robustlab.errors import UsageError
-from robustlab.experiment import ExperimentConfig
+from robustlab.config import ExperimentConfig
 
 ABLATIONS = ("basic", "augment", "schedule", "arch", "norm")
 NORMS = ("bn", "gn", "ln", "in")

@@ -36,7 +36,8 @@ from robustlab.robustness import (BASELINE_NOTE, evaluate_runs, finished_checkpo
                                   long_rows, robustness_rows, run_labels, summarize_over_seeds)
 from robustlab.robustness_plots import ece_figure, family_figure, heatmap_figure
 from robustlab.strategies import get_strategy
-from studies.common import csv_table, output_dirs, run_grid, save_figure, sgd_recipe, should_tabulate, study_parser, write_table
+from studies.common import (apply_label_noise, csv_table, describe_preset_defaults, output_dirs, run_grid, save_figure,
+                            sgd_recipe, should_tabulate, study_parser, write_table)
 
 PRESET_MODELS = {"quick": ("small_cnn",), "paper": ("resnet18",), "fast": ("airbench",)}
 EVAL_TEST_SIZE = {"quick": 500, "paper": None, "fast": None}  # test images evaluated (None: the run's whole test split)
@@ -64,6 +65,7 @@ def build_parser():
     g.add_argument("--corruption-seed", type=int, default=0, help="seed of the generated corruptions")
     g.add_argument("--cifar-c", default=None, metavar="DIR",
                    help="evaluate on the released CIFAR-10-C / CIFAR-100-C files in DIR instead of generating")
+    describe_preset_defaults(p, preset)
     return p
 
 
@@ -71,6 +73,7 @@ def train_arms(args, ctx) -> list[Path] | None:
     """Train (or find) models x methods x seeds; their checkpoints, or None for a shard-only call."""
     base = preset(args.preset)
     apply_data_args(args, base.data)
+    apply_label_noise(args, base.data)
     apply_train_args(args, base.train, base.augment)
     require_model(*args.models)
     for method in args.methods:

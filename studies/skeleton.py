@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from robustlab.experiment import Context, ExperimentConfig
+from robustlab.config import Context, ExperimentConfig
 from studies.common import Run, aggregate, output_dirs, print_configs, run_grid, should_tabulate, write_table
 
 

@@ -28,7 +28,7 @@ from robustlab.embed import cached_run_embedding, plot_test_embeddings
 from robustlab.fileio import write_json
 from robustlab.records import find_record
 from robustlab.strategies.supcon import HEADS
-from studies.common import history_rows, plot_curves, plot_panels, study_parser
+from studies.common import history_rows, plot_curves, plot_panels, split_sizes, study_parser
 from studies.skeleton import Results, Study, Table, run_study, seeds_of
 from studies.supcon_recipes import DEFAULT_HEADS, Presets, configure, preset  # noqa: F401
 
@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def tables(runs) -> list[Table]:
         pre = p.pretrain
-        note = (f"{p.ce.data.dataset}, {p.ce.model}, preset {args.preset}, seeds {seeds_of(runs)}. SupCon pretraining: "
+        note = (f"{p.ce.data.dataset} ({split_sizes(runs)}), {p.ce.model}, preset {args.preset}, seeds {seeds_of(runs)}. "
+                f"SupCon pretraining: "
                 f"{pre.train.epochs} epochs, batch {pre.train.batch_size}, temperature "
                 f"{pre.strategy.options['temperature']}; classifier heads {p.probe.train.epochs} epochs; CE "
                 f"{p.ce.train.epochs} epochs. test_acc/test_ece: the classifier on the test split. knn_acc, "

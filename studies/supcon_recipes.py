@@ -6,6 +6,7 @@ import copy
 from dataclasses import dataclass
 
 from robustlab.cli import apply_data_args, apply_momentum_args, apply_train_args
+from studies.common import apply_label_noise
 from robustlab.errors import UsageError
 from robustlab.experiment import ExperimentConfig, StrategyConfig
 from robustlab.models import require_model
@@ -118,6 +119,7 @@ def configure(args) -> tuple[Presets, list[str]]:
         if args.model:
             cfg.model = args.model
         apply_data_args(args, cfg.data)
+        apply_label_noise(args, cfg.data)
     for cfg in (p.ce, p.probe):
         apply_train_args(args, cfg.train, cfg.augment)
     if ce_epochs:

@@ -267,8 +267,8 @@ def test_calibration_summary_on_a_toy_case_with_a_closed_form_temperature():
 
 # ---- reading a CIFAR-10-C directory -----------------------------------------------------------
 
-def _numbered_release(tmp_path, n=3, h=4, w=6, labels_per_block=False, label_dtype=np.uint8):
-    """(5 n, h, w, 3) uint8 images whose every pixel differs, labels 5 n (or n) integers."""
+def _numbered_release(tmp_path, n=3, h=32, w=32, labels_per_block=False, label_dtype=np.uint8):
+    """(5 n, h, w, 3) uint8 images of numbered pixels (0..250, repeating), labels 5 n (or n) integers."""
     images = (np.arange(5 * n * h * w * 3) % 251).astype(np.uint8).reshape(5 * n, h, w, 3)
     np.save(tmp_path / "fog.npy", images)
     labels = np.arange(n if labels_per_block else 5 * n) % 10
@@ -279,7 +279,7 @@ def _numbered_release(tmp_path, n=3, h=4, w=6, labels_per_block=False, label_dty
 def test_n_comes_from_the_file_and_images_become_channels_first(tmp_path):
     images, labels = _numbered_release(tmp_path, n=3)
     x, y, n = load_released(tmp_path, "fog")
-    assert n == 3 and x.shape == (15, 3, 4, 6) and x.dtype == torch.uint8 and x.is_contiguous()
+    assert n == 3 and x.shape == (15, 3, 32, 32) and x.dtype == torch.uint8 and x.is_contiguous()
     np.testing.assert_array_equal(x.numpy(), images.transpose(0, 3, 1, 2))
     assert y.dtype == torch.int64 and y.tolist() == labels.tolist()
     # the first `limit` of every severity block of N
@@ -310,12 +310,15 @@ def _message(call) -> str:
     (np.zeros((0, 4, 4, 3), dtype=np.uint8), "uint8 (0, 4, 4, 3)"),
     (np.zeros((7, 4, 4, 3), dtype=np.uint8), "uint8 (7, 4, 4, 3)"),
     (np.zeros((4, 4, 4, 3), dtype=np.uint8), "uint8 (4, 4, 4, 3)"),
+    (np.zeros((5, 4, 4, 3), dtype=np.uint8), "uint8 (5, 4, 4, 3)"),      # right count and type, not 32x32
+    (np.zeros((5, 32, 28, 3), dtype=np.uint8), "uint8 (5, 32, 28, 3)"),
+    (np.zeros((5, 64, 64, 3), dtype=np.uint8), "uint8 (5, 64, 64, 3)"),
 ])
 def test_each_bad_image_file_has_its_message(tmp_path, array, shown):
     _numbered_release(tmp_path, n=1)
     np.save(tmp_path / "fog.npy", array)
     assert _message(lambda: load_released(tmp_path, "fog")) == (
-        f"{tmp_path / 'fog.npy'} must hold uint8 images of shape (5*N, H, W, 3), got {shown}")
+        f"{tmp_path / 'fog.npy'} must hold uint8 32x32 RGB images of shape (5*N, 32, 32, 3), got {shown}")
 
 
 @pytest.mark.parametrize("labels, shown", [

@@ -192,7 +192,7 @@ def test_bad_arguments_exit_2(argv, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error" in err[0]
     if argv[0] == "--methods":
-        assert "registered strategies:" in err[0] and "coteach" in err[0] and "ce" in err[0]
+        assert "noisy-label methods:" in err[0] and "coteach" in err[0] and "ce" in err[0]
 
 
 def test_validation_is_clean_unless_noisy_val(cifar10, cifar10_dir, session_cache_dir):

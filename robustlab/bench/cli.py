@@ -12,6 +12,7 @@ Co-Teaching's and SupCon's cost per epoch relative to CE. Real CIFAR-10 is used 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from robustlab.cli import Parser, int_list, nonneg_int, positive_int
+from robustlab.cli import Parser, check_output_file, nonneg_int, positive_int
 from robustlab.errors import UsageError, cli_entry
 
 
@@ -33,8 +34,8 @@ def build_parser() -> Parser:
     p.add_argument("--workers", type=nonneg_int, default=2, help="DataLoader worker processes")
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
     p.add_argument("--no-dataloader", action="store_true", help="leave out the DataLoader rows")
-    p.add_argument("--scaling", default="5000,10000,20000,40000",
-                   help="training-set sizes for seconds per epoch (comma-separated; 'none' to skip)")
+    p.add_argument("--scaling", type=scaling_sizes, default="5000,10000,20000,40000", metavar="N[,N]",
+                   help="training-set sizes for seconds per epoch (comma-separated, each >= 1; 'none' or 0 to skip)")
     p.add_argument("--strategy-cost", type=nonneg_int, default=5000, metavar="N",
                    help="training images for Co-Teaching's and SupCon's cost relative to CE (0 to skip)")
     p.add_argument("--format", choices=("table", "json"), default="table",
@@ -53,10 +54,17 @@ def build_parser() -> Parser:
     return p
 
 
-def _sizes(text: str) -> list[int]:
+def scaling_sizes(text: str) -> list[int]:
+    """argparse type for --scaling: [] for none/0, else comma-separated image counts >= 1."""
     if text.strip().lower() in ("none", "0", ""):
         return []
-    return int_list(text)
+    try:
+        sizes = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated image counts or 'none', got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"image counts must be >= 1, got {text!r}")
+    return sizes
 
 
 def _log(msg: str) -> None:
@@ -96,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     from robustlab.models import require_model
 
     require_model(args.model)  # a bad name fails before any data loads
-    scaling = _sizes(args.scaling)
+    scaling = args.scaling
+    if args.json_out:
+        check_output_file(args.json_out, "--json-out", "bench.json")  # before anything is timed
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)

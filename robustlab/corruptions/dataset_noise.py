@@ -25,36 +25,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from robustlab.corruptions.human import check_label_set, human_labels
+from robustlab.corruptions.human import human_labels
 from robustlab.corruptions.instance import NORM_STD, instance_dependent_labels
 from robustlab.corruptions.labelfiles import file_sha256, read_label_dict
 from robustlab.corruptions.labels import NOISE_TYPES, corrupt_labels, corrupt_with_transition, noise_report
 from robustlab.errors import UsageError, require
+from robustlab.noise_types import NOISE_TYPE_HELP, parse_noise_type  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     from robustlab.data.datasets import ImageDataset
     from robustlab.data.splits import DataSplits
 
-NOISE_TYPE_HELP = ("symmetric | uniform | pair | asymmetric | instance | human:<aggre|random1|random2|random3|worst> "
-                   "(CIFAR-10N) | human:noisy (CIFAR-100N) | file (with --noise-file) | transition:<one of these>")
 RATE_TOLERANCE = 0.005  # a --noise-rate given with file-defined noise must match the file's rate this closely
-
-
-def parse_noise_type(text: str) -> str:
-    """Check a --noise-type value; returns it unchanged. UsageError naming the valid forms."""
-    text = str(text).strip()
-    if text in NOISE_TYPES or text in ("instance", "file"):
-        return text
-    if text.startswith("human:"):
-        check_label_set(text.split(":", 1)[1])
-        return text
-    if text.startswith("transition:"):
-        source = text.split(":", 1)[1]
-        require(not source.startswith("transition:"), f"noise type {text!r}: the source of a transition twin "
-                                                      "cannot itself be a transition twin")
-        parse_noise_type(source)
-        return text
-    raise UsageError(f"unknown noise type {text!r}; valid: {NOISE_TYPE_HELP}")
 
 
 def is_dataset_noise(noise_type: str) -> bool:

@@ -20,16 +20,8 @@ import numpy as np
 
 from robustlab.corruptions.labelfiles import file_sha256, read_label_dict
 from robustlab.errors import require
+from robustlab.noise_types import LABEL_SETS, check_label_set  # noqa: F401  (re-exported)
 
-# label set -> (dataset family, key in the CIFAR-N file)
-LABEL_SETS: dict[str, tuple[str, str]] = {
-    "aggre": ("cifar10", "aggre_label"),
-    "random1": ("cifar10", "random_label1"),
-    "random2": ("cifar10", "random_label2"),
-    "random3": ("cifar10", "random_label3"),
-    "worst": ("cifar10", "worse_label"),
-    "noisy": ("cifar100", "noisy_label"),
-}
 CIFAR_N_FILES = {"cifar10": "CIFAR-10_human.pt", "cifar100": "CIFAR-100_human.pt"}
 CIFAR_N_FOLDER = "cifar-n"
 # Fraction of labels that differ from clean_label in the released files (Wei et al. 2022).
@@ -37,14 +29,6 @@ PUBLISHED_RATES = {"aggre": 0.0901, "random1": 0.1723, "random2": 0.1812, "rando
                    "noisy": 0.4020}
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TORCHVISION_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
-
-
-def check_label_set(label_set: str) -> str:
-    """The dataset family ('cifar10' or 'cifar100') of a CIFAR-N label set; UsageError if unknown."""
-    require(label_set in LABEL_SETS,
-            f"unknown human label set {label_set!r}; CIFAR-10N: aggre, random1, random2, random3, worst; "
-            "CIFAR-100N: noisy")
-    return LABEL_SETS[label_set][0]
 
 
 @dataclass

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from robustlab.errors import UsageError, require
+from robustlab.noise_types import NOISE_TYPES  # noqa: F401  (re-exported)
 
-NOISE_TYPES: tuple[str, ...] = ("symmetric", "uniform", "pair", "asymmetric")
 
 # CIFAR-10 class order: airplane, automobile, bird, cat, deer, dog, frog, horse, ship, truck.
 CIFAR10_ASYMMETRIC_MAP: dict[int, int] = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}

@@ -6,40 +6,12 @@ by pixel; `BatchAugment` draws those parameters from a `torch.Generator`, so a s
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 from robustlab.data.color import adjust_brightness, adjust_contrast, adjust_saturation
 from robustlab.errors import require
-
-PAD_MODES = ("reflect", "zeros")
-FLIP_MODES = ("random", "alternate")
-
-
-@dataclass
-class AugmentConfig:
-    crop_pad: int = 4          # random crop from a padded image; 0 disables (also "translate")
-    pad_mode: str = "reflect"  # reflect | zeros
-    flip: bool = True          # horizontal flip with probability 1/2
-    flip_mode: str = "random"  # random | alternate (airbench: each image mirrored in every other epoch)
-    cutout: int = 0            # side of the zeroed square (DeVries & Taylor 2017); 0 disables
-    rotate: float = 0.0        # max degrees of random rotation (report 003 uses 15)
-    shear: float = 0.0         # max degrees of random shear
-    zoom: float = 0.0          # random scale in [1 - zoom, 1 + zoom]
-    jitter: float = 0.0        # colour jitter strength for brightness/contrast/saturation
-
-    def validate(self) -> None:
-        require(self.crop_pad >= 0, f"crop padding must be >= 0, got {self.crop_pad}")
-        require(self.flip_mode in FLIP_MODES,
-                f"unknown flip mode {self.flip_mode!r}; choose {' or '.join(FLIP_MODES)}")
-        require(self.pad_mode in PAD_MODES, f"unknown pad mode {self.pad_mode!r}; choose {' or '.join(PAD_MODES)}")
-        require(self.cutout >= 0, f"cutout size must be >= 0, got {self.cutout}")
-        require(0 <= self.zoom < 1, f"zoom must be in [0, 1), got {self.zoom}")
-        require(0 <= self.jitter < 1, f"colour jitter must be in [0, 1), got {self.jitter}")
-        require(self.rotate >= 0 and self.shear >= 0, "rotation and shear must be >= 0 degrees")
-
+from robustlab.settings import FLIP_MODES, PAD_MODES, AugmentConfig  # noqa: F401  (re-exported)
 
 # ---- pure, parameterised transforms ---------------------------------------------------------
 

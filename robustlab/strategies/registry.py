@@ -2,12 +2,16 @@
 
 Every module in `robustlab.strategies` registers its classes on import; a strategy defined in a
 user's own file registers the same way and is then usable by `robustlab.train --strategy NAME`
-and by every study, with no edits elsewhere.
+and by every study once that file is loaded: `--plugin FILE.py|MODULE` on any command, or an
+entry point of group `robustlab.strategies` in an installed package, which the listing and the
+look-up here load the first time they run (`robustlab.plugins`).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -59,11 +63,34 @@ def register_strategy(name: str):
     return decorate
 
 
+_entry_points_loaded = False
+
+
+def load_entry_points() -> None:
+    """Import every entry point of group `robustlab.strategies` once; one that fails to load is
+    reported as a warning and skipped (its strategies stay unknown)."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    from robustlab.plugins import entry_point_modules
+
+    for ep in entry_point_modules():
+        try:
+            ep.load()
+        except Exception as exc:  # a broken installed plug-in must not break every command
+            print(f"warning: strategy plug-in {ep.name} ({ep.value}) was not loaded: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
+
+
 def list_strategies() -> list[str]:
+    load_entry_points()
     return sorted(_REGISTRY)
 
 
 def get_strategy(name: str) -> type[Strategy]:
+    if name not in _REGISTRY:
+        load_entry_points()
     if name not in _REGISTRY:
         raise UsageError(f"unknown strategy {name!r}; known: {', '.join(list_strategies())}")
     return _REGISTRY[name]
@@ -74,7 +101,8 @@ def config_fields(name: str) -> dict[str, dataclasses.Field]:
 
 
 def _coerce(name: str, key: str, value, annotation):
-    """`value` as the field's declared type (ints are accepted for floats; strings parsed as JSON)."""
+    """`value` as the field's declared type (ints are accepted for floats; strings parsed as JSON);
+    a float option must be finite (JSON's Infinity and NaN are refused)."""
     hint = annotation
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
     if isinstance(value, str) and str not in allowed:
@@ -86,6 +114,8 @@ def _coerce(name: str, key: str, value, annotation):
         return None
     for t in allowed:
         if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise UsageError(f"strategy {name!r}: option {key} must be a finite number, got {value!r}")
             return float(value)
         if t is int and isinstance(value, int) and not isinstance(value, bool):
             return value
