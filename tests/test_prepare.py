@@ -1,0 +1,158 @@
+"""robustlab.prepare: the device, the data splits with their label noise, the loaders, the strategy
+and its augmentation, as run_experiment assembles them (tiny generated CIFAR-10, no training)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import robustlab.prepare as prepare
+from robustlab.config import EVAL_BATCH_SIZE, Context, DataConfig, ExperimentConfig, StrategyConfig
+from robustlab.data import BatchAugment, Normalize
+from robustlab.data.augment import MultiView
+from robustlab.engine import TrainConfig
+from robustlab.errors import UsageError
+
+
+def _message(call) -> str:
+    with pytest.raises(UsageError) as info:
+        call()
+    return str(info.value)
+
+
+@pytest.fixture
+def ctx(tiny_cifar10, tmp_path):
+    return Context(data_dir=str(tiny_cifar10.root), cache_dir=str(tmp_path / "cache"), device="cpu", quiet=True)
+
+
+# ---- device ---------------------------------------------------------------------------------------
+
+def test_device_names_resolve_or_fail_with_one_line(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert prepare.resolve_device("auto") == torch.device("cpu")
+    assert prepare.resolve_device("cpu") == torch.device("cpu")
+    assert _message(lambda: prepare.resolve_device("gpu0")) == "unknown device 'gpu0'; use auto, cpu, cuda or cuda:N"
+    assert _message(lambda: prepare.resolve_device("cuda")) == "device 'cuda' requested but CUDA is not available"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert prepare.resolve_device("auto") == torch.device("cuda")
+    assert prepare.resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert prepare.resolve_device("cuda") == torch.device("cuda")
+    assert _message(lambda: prepare.resolve_device("cuda:2")) == "device 'cuda:2' does not exist; 2 GPU(s) visible"
+
+
+# ---- data and label noise -------------------------------------------------------------------------
+
+def test_without_noise_the_labels_are_the_files_and_no_report(tiny_cifar10, ctx):
+    data = prepare.prepare_data(DataConfig(val_size=20), 0, ctx)
+    assert data.noise is None
+    assert len(data.splits.train) == 80 and len(data.splits.val) == 20 and len(data.splits.test) == 40
+    index = torch.as_tensor(data.splits.train_index)
+    assert torch.equal(data.splits.train.labels, torch.as_tensor(tiny_cifar10.train_labels)[index])
+    assert torch.equal(data.clean_train_labels, data.splits.train.labels)
+    assert data.clean_train_labels is not data.splits.train.labels  # a copy, not the tensor noise may replace
+
+
+@pytest.mark.parametrize("noisy_val", [False, True])
+def test_noise_corrupts_the_training_labels_and_keeps_the_clean_ones(tiny_cifar10, ctx, noisy_val):
+    cfg = DataConfig(val_size=20, noise_type="symmetric", noise_rate=0.5, noisy_val=noisy_val)
+    data = prepare.prepare_data(cfg, 3, ctx)
+    plain = prepare.prepare_data(DataConfig(val_size=20), 3, ctx)
+    assert torch.equal(data.clean_train_labels, plain.splits.train.labels)
+    flipped = data.splits.train.labels != data.clean_train_labels
+    assert data.noise["realized_rate"] == pytest.approx(flipped.float().mean().item())
+    assert 0.2 < data.noise["realized_rate"] < 0.8
+    val_flipped = (data.splits.val.labels != plain.splits.val.labels).sum().item()
+    assert (val_flipped > 0) is noisy_val
+    # the same seed gives the same noise; another seed other noise
+    again = prepare.prepare_data(cfg, 3, ctx)
+    assert torch.equal(again.splits.train.labels, data.splits.train.labels)
+    other = prepare.prepare_data(cfg, 4, ctx)
+    assert not torch.equal(other.splits.train.labels, data.splits.train.labels)
+    if noisy_val:  # validation noise is drawn apart from the training noise (seed + 1)
+        assert not torch.equal(data.splits.val.labels != plain.splits.val.labels, flipped[:20])
+
+
+@pytest.mark.parametrize("rate", [1.0, -0.1])
+def test_noise_rate_outside_zero_one_is_a_usage_error(ctx, rate):
+    assert _message(lambda: prepare.prepare_data(DataConfig(val_size=20, noise_rate=rate), 0, ctx)) == (
+        f"noise rate must be in [0, 1), got {rate}")
+
+
+def test_zero_noise_rate_is_accepted(ctx):
+    assert prepare.prepare_data(DataConfig(val_size=20, noise_rate=0.0), 0, ctx).noise is None
+
+
+# ---- loaders ----------------------------------------------------------------------------------------
+
+def test_loaders_train_shuffled_and_augmented_evaluate_normalized_in_order(ctx):
+    data = prepare.prepare_data(DataConfig(val_size=20), 0, ctx)
+    augment = BatchAugment(ExperimentConfig().augment, data.splits.mean, data.splits.std)
+    train, val, test = prepare.make_loaders(data.splits, TrainConfig(batch_size=16), augment, 5, "cpu")
+    assert (train.batch_size, train.shuffle, train.augment, train.seed, train.drop_last) == (16, True, augment, 5, False)
+    assert torch.equal(train.labels, data.splits.train.labels)
+    for loader, split in ((val, data.splits.val), (test, data.splits.test)):
+        assert loader.batch_size == EVAL_BATCH_SIZE and not loader.shuffle
+        x, y, idx = next(iter(loader))
+        assert torch.equal(y, split.labels) and torch.equal(idx, torch.arange(len(split)))
+        assert torch.allclose(x, Normalize(data.splits.mean, data.splits.std)(split.images))
+    big = TrainConfig(batch_size=EVAL_BATCH_SIZE + 1)  # evaluation batches are never smaller than training ones
+    assert prepare.make_loaders(data.splits, big, augment, 0, "cpu")[2].batch_size == EVAL_BATCH_SIZE + 1
+    # drop_last only when a full batch exists; no validation split, no validation loader
+    assert prepare.make_loaders(data.splits, TrainConfig(batch_size=80, drop_last=True), augment, 0, "cpu")[0].drop_last
+    assert not prepare.make_loaders(data.splits, TrainConfig(batch_size=81, drop_last=True), augment, 0, "cpu")[0].drop_last
+    no_val = prepare.prepare_data(DataConfig(val_size=0), 0, ctx)
+    assert prepare.make_loaders(no_val.splits, TrainConfig(batch_size=16), augment, 0, "cpu")[1] is None
+
+
+# ---- strategy and augmentation ---------------------------------------------------------------------
+
+def test_strategy_gets_fresh_networks_sizes_realised_noise_and_clean_labels(ctx, tmp_path):
+    cfg = ExperimentConfig(data=DataConfig(val_size=20, noise_rate=0.4), model="tiny_cnn",
+                           strategy=StrategyConfig("dividemix", {"warmup_epochs": 1}))
+    data = prepare.prepare_data(cfg.data, cfg.seed, ctx)
+    st = prepare.build_strategy(cfg, data, torch.device("cpu"), tmp_path)
+    assert st.num_train == 80 and st.num_classes == 10 and st.model is not st.peer
+    assert not torch.equal(st.model.features[0].weight, st.peer.model.features[0].weight if hasattr(st.peer, "model")
+                           else st.peer.features[0].weight)  # independently initialised
+    assert torch.equal(st.clean_labels, data.clean_train_labels)
+    assert st.lambda_u == 25.0  # the paper's lambda_u for CIFAR-10 at the realised rate (about 40%: 25)
+    assert data.noise["realized_rate"] > 0.3
+    plain = ExperimentConfig(data=DataConfig(val_size=20), model="tiny_cnn", strategy=StrategyConfig("dividemix"))
+    clean = prepare.prepare_data(plain.data, 0, ctx)
+    assert prepare.build_strategy(plain, clean, torch.device("cpu")).lambda_u == 0.0  # noise rate 0: the 20% row
+
+
+def test_augmentation_is_repeated_to_the_strategys_views(ctx):
+    data = prepare.prepare_data(DataConfig(val_size=20), 0, ctx)
+    cfg = ExperimentConfig(data=DataConfig(val_size=20), model="tiny_cnn")
+    alone = prepare.default_train_augment(cfg, data.splits)
+    assert isinstance(alone, BatchAugment)
+    one = prepare.build_strategy(cfg, data, torch.device("cpu"))
+    assert isinstance(prepare.default_train_augment(cfg, data.splits, one), BatchAugment)
+    cfg.strategy = StrategyConfig("dividemix")
+    two = prepare.build_strategy(cfg, data, torch.device("cpu"))
+    multi = prepare.default_train_augment(cfg, data.splits, two)
+    assert isinstance(multi, MultiView) and multi.views == 2
+    x = multi(data.splits.train.images[:4], torch.Generator().manual_seed(0))
+    assert x.shape == (4, 2, 3, 32, 32)
+    assert torch.allclose(x.mean(), torch.zeros(()), atol=1.0)  # normalized by the run's mean/std
+
+
+def test_airbench_whitening_is_fitted_to_the_training_images_only(ctx, monkeypatch):
+    cfg = ExperimentConfig(data=DataConfig(val_size=20), model="airbench_s")
+    data = prepare.prepare_data(cfg.data, 0, ctx)
+    seen = []
+
+    class Spy(torch.nn.Module):
+        whiten_images = 0
+
+        def init_whitening(self, images):
+            seen.append(images)
+
+    monkeypatch.setattr(prepare, "create_model", lambda name, **kw: Spy())
+    prepare._new_network(cfg, data.splits, "cpu")
+    Spy.whiten_images = 30
+    prepare._new_network(cfg, data.splits, "cpu")
+    norm = Normalize(data.splits.mean, data.splits.std)
+    assert torch.allclose(seen[0], norm(data.splits.train.images))  # WHITEN_IMAGES exceeds the 80: all of them
+    assert torch.allclose(seen[1], norm(data.splits.train.images[:30]))  # the model's own request
