@@ -3,9 +3,9 @@
     auto  the fastest plain setting: bf16 autocast + channels_last where the hardware computes bf16
           natively (CUDA GPUs with bf16, Ampere and newer; CPUs with AVX512-BF16 or AMX-BF16);
           elsewhere fp32 (emulated bf16 is slower than fp32), with channels_last on a CPU for a
-          convolutional network (oneDNN's convolutions run faster on it: `python -m robustlab.bench`
-          measured 1.23x on an AMD EPYC without bf16 for small_cnn, see the README's Speed
-          section) and contiguous tensors otherwise (a CUDA GPU without bf16; a network that is
+          convolutional network (oneDNN's fp32 convolutions are faster on it: small_cnn 1.44x on an
+          idle Xeon, 1.23x on an AMD EPYC without bf16, `python -m robustlab.bench`; README, Speed)
+          and contiguous tensors otherwise (a CUDA GPU without bf16, unmeasured; a network that is
           not convolutional, e.g. a ViT, whose only convolution embeds the patches).
     bf16  bf16 autocast + channels_last on any CPU or CUDA device.
     fp32  plain fp32, contiguous tensors: the reference path.
