@@ -40,6 +40,24 @@ def test_device_names_resolve_or_fail_with_one_line(monkeypatch):
     assert _message(lambda: prepare.resolve_device("cuda:2")) == "device 'cuda:2' does not exist; 2 GPU(s) visible"
 
 
+def test_under_torchrun_auto_and_cuda_mean_the_processs_own_gpu(monkeypatch):
+    from robustlab.distributed import DistInfo
+
+    monkeypatch.setattr(prepare.distributed, "current", lambda: DistInfo(rank=3, world_size=4, local_rank=1))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert prepare.resolve_device("auto") == torch.device("cuda", 1)
+    assert prepare.resolve_device("cuda") == torch.device("cuda", 1)
+    assert prepare.resolve_device("cuda:0") == torch.device("cuda", 0)  # an explicit index is kept
+    assert prepare.resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert prepare.resolve_device("auto") == torch.device("cpu")
+    # one process: auto and cuda are the current GPU, whatever LOCAL_RANK says
+    monkeypatch.setattr(prepare.distributed, "current", lambda: DistInfo(local_rank=1))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert prepare.resolve_device("cuda") == torch.device("cuda") and prepare.resolve_device("auto") == torch.device("cuda")
+
+
 # ---- data and label noise -------------------------------------------------------------------------
 
 def test_without_noise_the_labels_are_the_files_and_no_report(tiny_cifar10, ctx):
