@@ -106,10 +106,11 @@ def test_loaders_train_shuffled_and_augmented_evaluate_normalized_in_order(ctx):
     data = prepare.prepare_data(DataConfig(val_size=20), 0, ctx)
     augment = BatchAugment(ExperimentConfig().augment, data.splits.mean, data.splits.std)
     train, val, test = prepare.make_loaders(data.splits, TrainConfig(batch_size=16), augment, 5, "cpu")
-    assert (train.batch_size, train.shuffle, train.augment, train.seed, train.drop_last) == (16, True, augment, 5, False)
+    assert (train.batch_size, train.augment, train.seed) == (16, augment, 5)
+    assert train.shuffle is True and train.drop_last is False and (train.rank, train.world_size) == (0, 1)
     assert torch.equal(train.labels, data.splits.train.labels)
     for loader, split in ((val, data.splits.val), (test, data.splits.test)):
-        assert loader.batch_size == EVAL_BATCH_SIZE and not loader.shuffle
+        assert loader.batch_size == EVAL_BATCH_SIZE and loader.shuffle is False
         x, y, idx = next(iter(loader))
         assert torch.equal(y, split.labels) and torch.equal(idx, torch.arange(len(split)))
         assert torch.allclose(x, Normalize(data.splits.mean, data.splits.std)(split.images))
@@ -120,6 +121,21 @@ def test_loaders_train_shuffled_and_augmented_evaluate_normalized_in_order(ctx):
     assert not prepare.make_loaders(data.splits, TrainConfig(batch_size=81, drop_last=True), augment, 0, "cpu")[0].drop_last
     no_val = prepare.prepare_data(DataConfig(val_size=0), 0, ctx)
     assert prepare.make_loaders(no_val.splits, TrainConfig(batch_size=16), augment, 0, "cpu")[1] is None
+    # every loader lives on the device asked for (the meta device shows it without a GPU)
+    assert [x.device for x in prepare.make_loaders(data.splits, TrainConfig(batch_size=16), augment, 0, "meta")] == \
+        [torch.device("meta")] * 3
+
+
+def test_under_torchrun_each_rank_loads_its_share_of_the_global_batch(ctx, monkeypatch):
+    from robustlab.distributed import DistInfo
+
+    data = prepare.prepare_data(DataConfig(val_size=20), 0, ctx)
+    monkeypatch.setattr(prepare.distributed, "current", lambda: DistInfo(rank=1, world_size=2, local_rank=1))
+    train, val, test = prepare.make_loaders(data.splits, TrainConfig(batch_size=16), None, 0, "cpu")
+    assert train.batch_size == 8 and type(train.batch_size) is int and (train.rank, train.world_size) == (1, 2)
+    assert (val.world_size, test.world_size) == (1, 1) and val.batch_size == test.batch_size == EVAL_BATCH_SIZE
+    assert _message(lambda: prepare.make_loaders(data.splits, TrainConfig(batch_size=15), None, 0, "cpu")) == (
+        "batch size 15 is not divisible by the 2 processes")
 
 
 # ---- strategy and augmentation ---------------------------------------------------------------------
@@ -150,6 +166,9 @@ def test_augmentation_is_repeated_to_the_strategys_views(ctx):
     cfg.strategy = StrategyConfig("dividemix")
     two = prepare.build_strategy(cfg, data, torch.device("cpu"))
     multi = prepare.default_train_augment(cfg, data.splits, two)
+    cfg.strategy = StrategyConfig("augmix")  # a strategy's own augmentation gets the run's splits
+    own = prepare.default_train_augment(cfg, data.splits, prepare.build_strategy(cfg, data, torch.device("cpu")))
+    assert type(own).__name__ == "AugMixViews" and own.mean == data.splits.mean and own.std == data.splits.std
     assert isinstance(multi, MultiView) and multi.views == 2
     x = multi(data.splits.train.images[:4], torch.Generator().manual_seed(0))
     assert x.shape == (4, 2, 3, 32, 32)
