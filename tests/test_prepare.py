@@ -156,6 +156,27 @@ def test_strategy_gets_fresh_networks_sizes_realised_noise_and_clean_labels(ctx,
     assert prepare.build_strategy(plain, clean, torch.device("cpu")).lambda_u == 0.0  # noise rate 0: the 20% row
 
 
+@pytest.mark.parametrize("world", [1, 2])
+def test_build_context_carries_the_run(ctx, tmp_path, monkeypatch, world):
+    import robustlab.strategies as S
+    from robustlab.distributed import DistInfo
+
+    seen = {}
+    monkeypatch.setattr(S, "create_strategy", lambda name, context, **options: seen.update(
+        name=name, ctx=context, options=options) or "built")
+    monkeypatch.setattr(prepare.distributed, "current", lambda: DistInfo(world_size=world))
+    cfg = ExperimentConfig(data=DataConfig(val_size=20), model="tiny_cnn", strategy=StrategyConfig("elr", {"lam": 2.0}))
+    data = prepare.prepare_data(cfg.data, 0, ctx)
+    assert prepare.build_strategy(cfg, data, torch.device("cpu"), str(tmp_path)) == "built"
+    built = seen["ctx"]
+    assert (seen["name"], seen["options"]) == ("elr", {"lam": 2.0})
+    assert built.results_dir == tmp_path and isinstance(built.results_dir, type(tmp_path))
+    assert built.experiment is cfg and built.distributed is (world > 1) and built.noise_rate == 0.0
+    assert built.new_model().head.out_features == 10
+    prepare.build_strategy(cfg, data, torch.device("cpu"))
+    assert seen["ctx"].results_dir is None
+
+
 def test_augmentation_is_repeated_to_the_strategys_views(ctx):
     data = prepare.prepare_data(DataConfig(val_size=20), 0, ctx)
     cfg = ExperimentConfig(data=DataConfig(val_size=20), model="tiny_cnn")
