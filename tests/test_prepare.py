@@ -173,8 +173,18 @@ def test_build_context_carries_the_run(ctx, tmp_path, monkeypatch, world):
     assert built.results_dir == tmp_path and isinstance(built.results_dir, type(tmp_path))
     assert built.experiment is cfg and built.distributed is (world > 1) and built.noise_rate == 0.0
     assert built.new_model().head.out_features == 10
-    prepare.build_strategy(cfg, data, torch.device("cpu"))
-    assert seen["ctx"].results_dir is None
+    assert torch.equal(built.clean_train_labels, data.clean_train_labels)
+    prepare.build_strategy(cfg, data, torch.device("meta"))
+    assert seen["ctx"].results_dir is None and seen["ctx"].clean_train_labels.device == torch.device("meta")
+
+
+def test_networks_get_the_class_count_of_the_data_and_the_model_options():
+    from types import SimpleNamespace
+
+    cfg = ExperimentConfig(model="tiny_cnn", model_kwargs={"dropout": 0.25})
+    net = prepare._new_network(cfg, SimpleNamespace(num_classes=100), "cpu")  # no whitening: only the class count
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 100)
+    assert [m.p for m in net.modules() if isinstance(m, torch.nn.Dropout)] == [0.25]
 
 
 def test_augmentation_is_repeated_to_the_strategys_views(ctx):
