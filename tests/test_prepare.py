@@ -2,6 +2,7 @@
 and its augmentation, as run_experiment assembles them (tiny generated CIFAR-10, no training)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,6 +69,11 @@ def test_without_noise_the_labels_are_the_files_and_no_report(tiny_cifar10, ctx)
     assert torch.equal(data.splits.train.labels, torch.as_tensor(tiny_cifar10.train_labels)[index])
     assert torch.equal(data.clean_train_labels, data.splits.train.labels)
     assert data.clean_train_labels is not data.splits.train.labels  # a copy, not the tensor noise may replace
+    # sizes and the seed reach the splits: class-balanced subsets, another seed another validation split
+    sub = prepare.prepare_data(DataConfig(val_size=20, train_size=30, test_size=20), 0, ctx).splits
+    assert (len(sub.train), len(sub.val), len(sub.test)) == (30, 20, 20)
+    other = prepare.prepare_data(DataConfig(val_size=20), 1, ctx).splits
+    assert not np.array_equal(other.val_index, data.splits.val_index)
 
 
 @pytest.mark.parametrize("noisy_val", [False, True])
@@ -88,6 +94,31 @@ def test_noise_corrupts_the_training_labels_and_keeps_the_clean_ones(tiny_cifar1
     assert not torch.equal(other.splits.train.labels, data.splits.train.labels)
     if noisy_val:  # validation noise is drawn apart from the training noise (seed + 1)
         assert not torch.equal(data.splits.val.labels != plain.splits.val.labels, flipped[:20])
+
+
+@pytest.mark.parametrize("noisy_val", [False, True])
+def test_dataset_noise_follows_each_samples_original_image(tiny_cifar10, ctx, tmp_path, noisy_val):
+    # a label file for the whole training set (dataset order): every label shifted by one class
+    noisy_all = (tiny_cifar10.train_labels + 1) % 10
+    np.save(tmp_path / "labels.npy", noisy_all)
+    cfg = DataConfig(val_size=20, noise_type="file", noise_file=str(tmp_path / "labels.npy"), noisy_val=noisy_val)
+    data = prepare.prepare_data(cfg, 0, ctx)
+    splits = data.splits
+    assert torch.equal(splits.train.labels, torch.from_numpy(noisy_all[splits.train_index]))
+    assert torch.equal(data.clean_train_labels, torch.from_numpy(tiny_cifar10.train_labels[splits.train_index]))
+    clean_val = torch.from_numpy(tiny_cifar10.train_labels[splits.val_index])
+    assert torch.equal(splits.val.labels, torch.from_numpy(noisy_all[splits.val_index]) if noisy_val else clean_val)
+    assert data.noise["realized_rate"] == 1.0 and data.noise["source"] == "file"
+    assert data.noise["label_file"] == str(tmp_path / "labels.npy") and data.noise["full_set_rate"] == 1.0
+    # instance-dependent noise is drawn on the whole training set with the run's seed and rate
+    from robustlab.corruptions.dataset_noise import dataset_noisy_labels
+    from robustlab.data import load_dataset
+
+    inst = prepare.prepare_data(DataConfig(val_size=20, noise_type="instance", noise_rate=0.4), 2, ctx)
+    full, _ = load_dataset("cifar10", ctx.data_dir, ctx.cache_dir)
+    expected = dataset_noisy_labels("instance", 0.4, 2, "cifar10", ctx.data_dir, full).noisy
+    assert torch.equal(inst.splits.train.labels, torch.from_numpy(expected[inst.splits.train_index]))
+    assert inst.noise["nominal_rate"] == 0.4 and inst.noise["seed"] == 2
 
 
 @pytest.mark.parametrize("rate", [1.0, -0.1])
