@@ -92,8 +92,14 @@ def test_noise_corrupts_the_training_labels_and_keeps_the_clean_ones(tiny_cifar1
     assert torch.equal(again.splits.train.labels, data.splits.train.labels)
     other = prepare.prepare_data(cfg, 4, ctx)
     assert not torch.equal(other.splits.train.labels, data.splits.train.labels)
-    if noisy_val:  # validation noise is drawn apart from the training noise (seed + 1)
-        assert not torch.equal(data.splits.val.labels != plain.splits.val.labels, flipped[:20])
+    from robustlab.corruptions import corrupt_labels
+
+    # the training labels are drawn with the run's seed, the validation labels apart with seed + 1
+    assert torch.equal(data.splits.train.labels, torch.as_tensor(corrupt_labels(plain.splits.train.labels, 10,
+                                                                                "symmetric", 0.5, 3)))
+    if noisy_val:
+        assert torch.equal(data.splits.val.labels, torch.as_tensor(corrupt_labels(plain.splits.val.labels, 10,
+                                                                                  "symmetric", 0.5, 4)))
 
 
 @pytest.mark.parametrize("noisy_val", [False, True])
