@@ -204,7 +204,8 @@ def add_train_args(p: argparse.ArgumentParser, smoothing: bool = True) -> None:
     g.add_argument("--early-stop", type=nonneg_int, default=None, help="patience in epochs on validation accuracy (0 = off)")
     g.add_argument("--tta", choices=TTA_MODES, default=None, help="test-time augmentation for the final evaluation")
     g.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="auto (default: bf16 autocast + channels_last where the CPU/GPU has native bf16, else fp32) | fp32 | bf16")
+                   help="auto (default: bf16 autocast + channels_last where the CPU/GPU has native bf16, else fp32, "
+                        "channels_last for convolutional networks on a CPU) | fp32 (contiguous) | bf16")
     g.add_argument("--no-amp", action="store_true", help="same as --precision fp32")
     g.add_argument("--compile", action="store_true", help="torch.compile the networks")
     a = p.add_argument_group("augmentation")

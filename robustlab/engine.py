@@ -51,6 +51,17 @@ class FitResult:
     seconds: float
     stopped_early: bool = False
     precision: dict = field(default_factory=dict)  # the resolved policy (Precision.describe())
+    warnings: list[str] = field(default_factory=list)  # what the run record should flag (e.g. warmup_warning)
+
+
+def warmup_warning(strategy: Strategy, epochs: int) -> str | None:
+    """The warning for a run that never leaves the strategy's warm-up (strategy.warmup_length() >= epochs), else None."""
+    warmup = strategy.warmup_length()
+    if warmup < epochs:
+        return None
+    return (f"strategy {strategy.name or type(strategy).__name__!r} never leaves its warm-up: {warmup} warm-up "
+            f"epoch(s) and the run trains {epochs}, so the method itself never acts (raise --epochs above {warmup} "
+            f"or shorten the warm-up)")
 
 
 def _log(msg: str, quiet: bool) -> None:
@@ -73,10 +84,13 @@ def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, tes
     with a fixed seed, ends with exactly the weights of an uninterrupted run.
     """
     cfg.validate()
+    notes = [w for w in [warmup_warning(strategy, cfg.epochs)] if w]
+    for note in notes if distributed.current().is_main else ():
+        print(f"warning: {note}", file=sys.stderr, flush=True)  # even when quiet: the run is not what was asked
     device = train_loader.device
     cuda = device.type == "cuda"
     strategy.to(device)
-    precision = resolve_precision(cfg.precision, device, cfg.channels_last)
+    precision = resolve_precision(cfg.precision, device, cfg.channels_last, strategy)
     precision.prepare(strategy)
     if cfg.compile:
         for module in strategy.children():
@@ -195,7 +209,7 @@ def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, tes
         metrics["images_per_s"] = sum(r["images_per_s"] for r in history) / len(history)
     if logger is not None:
         log_final_results(logger, metrics, asdict(cfg), *((logits, labels) if test_loader is not None else ()))
-    return FitResult(history, metrics, best, elapsed, stopped_early, precision.describe())
+    return FitResult(history, metrics, best, elapsed, stopped_early, precision.describe(), notes)
 
 
 NO_BAD_STEP = 2 ** 62  # "no non-finite loss yet": larger than any step, so a min over ranks finds the first bad one

@@ -80,7 +80,7 @@ def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, ctx: Context 
         "data": {"train": len(data.splits.train), "val": len(data.splits.val) if data.splits.val else 0,
                  "test": len(data.splits.test), "mean": data.splits.mean, "std": data.splits.std,
                  "classes": data.splits.classes},
-        "precision": result.precision, "environment": {**environment(), **reproducibility()}, "wall_seconds": time.time() - t0, "checkpoint": str(run_dir / "last.pt"),
+        "precision": result.precision, "warnings": result.warnings, "environment": {**environment(), **reproducibility()}, "wall_seconds": time.time() - t0, "checkpoint": str(run_dir / "last.pt"),
     }
     if distributed.current().is_main:
         write_record(results_dir, record)

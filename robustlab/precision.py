@@ -1,8 +1,12 @@
 """Numeric precision and memory format: one policy for training, evaluation and feature extraction.
 
-    auto  bf16 autocast + channels_last where the hardware computes bf16 natively: CUDA GPUs with
-          bf16 (Ampere and newer) and CPUs with AVX512-BF16 or AMX-BF16; fp32 + contiguous elsewhere
-          (emulated bf16 is slower than fp32).
+    auto  the fastest plain setting: bf16 autocast + channels_last where the hardware computes bf16
+          natively (CUDA GPUs with bf16, Ampere and newer; CPUs with AVX512-BF16 or AMX-BF16);
+          elsewhere fp32 (emulated bf16 is slower than fp32), with channels_last on a CPU for a
+          convolutional network (oneDNN's fp32 convolutions are faster on it: small_cnn 1.44x on an
+          idle Xeon, 1.23x on an AMD EPYC without bf16, `python -m robustlab.bench`; README, Speed)
+          and contiguous tensors otherwise (a CUDA GPU without bf16, unmeasured; a network that is
+          not convolutional, e.g. a ViT, whose only convolution embeds the patches).
     bf16  bf16 autocast + channels_last on any CPU or CUDA device.
     fp32  plain fp32, contiguous tensors: the reference path.
 
@@ -101,8 +105,16 @@ class Precision:
                 "device": self.device_type}
 
 
-def resolve_precision(requested: str, device: str | torch.device, channels_last: bool = True) -> Precision:
-    """The policy for `device`; `channels_last=False` keeps contiguous tensors even under bf16."""
+def is_convolutional(model: nn.Module) -> bool:
+    """Whether `model` is a convolutional network: two or more 2-d convolutions (a vision
+    transformer's single patch-embedding convolution does not make it one)."""
+    return sum(isinstance(m, nn.Conv2d) for m in model.modules()) >= 2
+
+
+def resolve_precision(requested: str, device: str | torch.device, channels_last: bool = True,
+                      model: nn.Module | None = None) -> Precision:
+    """The policy for `device` (and, under auto, for `model`: None = not known to be convolutional);
+    `channels_last=False` keeps contiguous tensors always."""
     require(requested in PRECISIONS, f"unknown precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
     device = torch.device(device)
     if requested == "auto":
@@ -111,7 +123,9 @@ def resolve_precision(requested: str, device: str | torch.device, channels_last:
         require(requested == "fp32" or device.type in ("cpu", "cuda"),
                 f"bf16 is supported on CPU and CUDA devices only, not {device.type!r}")
         name = requested
-    return Precision(name, channels_last and name == "bf16", device.type, requested)
+    fp32_cpu_conv = (requested == "auto" and name == "fp32" and device.type == "cpu"
+                     and model is not None and is_convolutional(model))
+    return Precision(name, channels_last and (name == "bf16" or fp32_cpu_conv), device.type, requested)
 
 
 def _to_float(value):

@@ -39,6 +39,23 @@ EVAL_BATCH = 500
 SEVERITIES = tuple(range(1, MAX_SEVERITY + 1))
 BASELINE_NOTE = ("mCE and relative mCE are normalized by the baseline model {baseline!r} of this table, matched seed by "
                  "seed (Hendrycks & Dietterich 2019 use AlexNet), so they are not the published mCE numbers.")
+SELF_BASELINE_NOTE = ("Only one model is evaluated, so mCE and relative mCE are relative to that model itself (1 by "
+                      "construction, or blank where it has no corruption error); evaluate a second model to compare.")
+
+
+def evaluation_note(test_sizes: Sequence[int], capped_at: int | None, released: str | Path | None,
+                    corruption_seed: int, models: Sequence[str], baseline: str) -> str:
+    """The table note: N (the test images per run, each evaluated clean and under every corruption
+    and severity, and the cap that chose them), where the corrupted images come from, and what the
+    mCE is relative to (the model itself when it is the only one)."""
+    n = "/".join(str(v) for v in sorted(set(test_sizes)))
+    cap = (f" (the run's test split, or a class-balanced subset of {capped_at} when it is larger: --test-size, "
+           "the quick preset's default 500)" if capped_at else " (the run's whole test split)")
+    source = (f"the same images' rows of every severity block of the released files in {released}" if released
+              else f"generated from the same images, corruption seed {corruption_seed}")
+    single = len(set(models)) == 1
+    return (f"N = {n} test images per run{cap}, each evaluated clean and under every corruption at severities 1-5 "
+            f"({source}). " + (SELF_BASELINE_NOTE if single else BASELINE_NOTE.format(baseline=baseline)))
 
 
 @dataclass
@@ -92,12 +109,15 @@ def generated_corruptions(images: torch.Tensor, labels: torch.Tensor, corruption
 
 
 def load_released(directory: str | Path, name: str, limit: int | None = None,
-                  num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+                  num_classes: int | None = None, indices: Sequence[int] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """DIR/<name>.npy and DIR/labels.npy of a CIFAR-10-C / CIFAR-100-C release.
 
-    Returns uint8 images (5 n, 3, H, W), labels (5 n,) and n, the images per severity (N in the
-    file, or the first `limit` of each severity block). Files are read with allow_pickle=False;
-    a missing or malformed file is a UsageError naming it."""
+    Returns uint8 images (5 n, 3, H, W), labels (5 n,) and n, the images per severity: the rows
+    `indices` of every severity block of N (the release is the test set in its original order, so
+    these are the corrupted versions of test images `indices`), else the first `limit` of each
+    block, else all N. Files are read with allow_pickle=False; a missing or malformed file, or an
+    index beyond N, is a UsageError naming it."""
     directory = Path(directory)
     images = _load_npy(directory / f"{name}.npy")
     require(images.dtype == np.uint8 and images.ndim == 4 and images.shape[1:] == (32, 32, 3) and len(images) > 0
@@ -115,10 +135,15 @@ def load_released(directory: str | Path, name: str, limit: int | None = None,
                 "(CIFAR-100-C files for a CIFAR-10 model?)")
     if len(labels) == n:
         labels = np.tile(labels, MAX_SEVERITY)
-    keep = n if limit is None else min(n, limit)
-    rows = np.concatenate([np.arange(s * n, s * n + keep) for s in range(MAX_SEVERITY)])
+    if indices is None:
+        indices = np.arange(n if limit is None else min(n, limit))
+    indices = np.asarray(indices, dtype=np.int64)
+    require(len(indices) > 0 and int(indices.min()) >= 0 and int(indices.max()) < n,
+            f"{directory / f'{name}.npy'} holds {n} images per severity, fewer than the test set evaluated "
+            f"(image {int(indices.max()) if len(indices) else 0} asked for): the released files must be the whole test set")
+    rows = np.concatenate([s * n + indices for s in range(MAX_SEVERITY)])
     x = torch.from_numpy(np.ascontiguousarray(images[rows])).permute(0, 3, 1, 2).contiguous()
-    return x, torch.from_numpy(labels[rows].astype(np.int64)), keep
+    return x, torch.from_numpy(labels[rows].astype(np.int64)), len(indices)
 
 
 def _load_npy(path: Path) -> np.ndarray:
@@ -130,12 +155,23 @@ def _load_npy(path: Path) -> np.ndarray:
 
 
 def released_corruptions(directory: str | Path, corruptions: Sequence[str], device="cpu", batch: int = EVAL_BATCH,
-                         limit: int | None = None, num_classes: int | None = None) -> Source:
-    """The released files' images, severity by severity (each file is checked before it is used)."""
+                         limit: int | None = None, num_classes: int | None = None, indices: Sequence[int] | None = None,
+                         test_labels: torch.Tensor | None = None) -> Source:
+    """The released files' images, severity by severity (each file is checked before it is used):
+    rows `indices` of each severity block (see load_released). With `test_labels` (the labels of
+    test images `indices`), every block's labels must equal them: the clean and the corrupted
+    images are then the same images."""
     for name in corruptions:
-        images, labels, n = load_released(directory, name, limit, num_classes)
+        images, labels, n = load_released(directory, name, limit, num_classes, indices)
         for severity in SEVERITIES:
             block = slice((severity - 1) * n, severity * n)
+            if test_labels is not None:
+                differ = (labels[block] != test_labels.cpu()).nonzero()
+                require(len(differ) == 0,
+                        f"{Path(directory) / 'labels.npy'} does not match the run's test labels (severity {severity}, "
+                        f"evaluated image {int(differ[0]) if len(differ) else 0}): the released files are the test set "
+                        "in its original order, and so must the run's test set be (the torchvision pickles are; an "
+                        "image-folder copy is in class order)")
 
             def batches(block=block, images=images, labels=labels):
                 yield from _uint8_batches(images[block], labels[block], device, batch)
@@ -306,6 +342,12 @@ def load_classifier(checkpoint: str | Path, device) -> tuple[dict, ModelSpec]:
 def run_eval_splits(record: dict, ctx, test_size: int | None = None):
     """The run's validation split and its test split (or a class-balanced subset of `test_size`),
     rebuilt from the record; training-label noise is left out unless it was applied to validation."""
+    splits = _run_splits(record, ctx, test_size)
+    return splits.val, splits.test
+
+
+def _run_splits(record: dict, ctx, test_size: int | None = None):
+    """run_eval_splits' DataSplits (its test_index places the test images in the full test set)."""
     from dataclasses import fields
 
     from robustlab.experiment import DataConfig, prepare_data
@@ -319,8 +361,7 @@ def run_eval_splits(record: dict, ctx, test_size: int | None = None):
         for name in ("noise_type", "noise_rate", "noise_file"):
             if hasattr(data, name):
                 setattr(data, name, getattr(clean, name))
-    splits = prepare_data(data, record["config"]["seed"], ctx).splits
-    return splits.val, splits.test
+    return prepare_data(data, record["config"]["seed"], ctx).splits
 
 
 def finished_checkpoints(results_dir: str | Path) -> list[Path]:
@@ -356,17 +397,22 @@ def evaluate_runs(loaded: list[tuple[dict, ModelSpec]], labels: list[str], ctx, 
                   autocast=None) -> RunEvaluation:
     """Score runs (record, classifier) on their own test splits, clean and under `corruptions`
     (generated, or the release files in `released`), plus clean calibration with temperature
-    scaling on their validation splits. Runs that share a test split see the same corrupted images."""
+    scaling on their validation splits. Runs that share a test split see the same corrupted images,
+    and the clean and corrupted accuracies of a run come from the same test images (with release
+    files: the rows of the run's test images in every severity block)."""
     groups: dict[str, list[int]] = {}
     for i, (record, _) in enumerate(loaded):
         groups.setdefault(repr((record["config"]["data"], record["config"]["seed"])), []).append(i)
     out = RunEvaluation({}, [], {}, set())
     for members in groups.values():
         record = loaded[members[0]][0]
-        val, test = run_eval_splits(record, ctx, test_size)
+        splits = _run_splits(record, ctx, test_size)
+        val, test = splits.val, splits.test
         out.test_sizes.add(len(test))
         models = {(labels[i], loaded[i][0]["config"]["seed"]): loaded[i][1] for i in members}
-        source = (released_corruptions(released, corruptions, device, limit=test_size, num_classes=len(record["data"]["classes"]))
+        # Released files: the same test images as the clean evaluation, from every severity block.
+        source = (released_corruptions(released, corruptions, device, num_classes=len(record["data"]["classes"]),
+                                       indices=splits.test_index, test_labels=test.labels)
                   if released else generated_corruptions(test.images, test.labels, corruptions, corruption_seed, device))
 
         def keep_clean(key, corruption, severity, logits, y):

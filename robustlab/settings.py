@@ -84,7 +84,7 @@ class TrainConfig:
     batch_size: int = 128
     optim: OptimConfig = field(default_factory=OptimConfig)
     precision: str = "auto"       # auto | fp32 | bf16 (robustlab.precision: auto = bf16 where native)
-    channels_last: bool = True    # channels_last memory format whenever bf16 runs
+    channels_last: bool = True    # channels_last where the policy picks it (bf16; fp32 conv nets on CPU under auto)
     compile: bool = False         # torch.compile the networks
     early_stop_patience: int = 0  # epochs without validation improvement before stopping; 0 = never
     tta: str = "flip"             # extra final test evaluation with test-time augmentation

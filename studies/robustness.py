@@ -32,7 +32,7 @@ from robustlab.experiment import ExperimentConfig, StrategyConfig, resolve_devic
 from robustlab.fileio import write_text
 from robustlab.models import require_model
 from robustlab.precision import resolve_precision
-from robustlab.robustness import (BASELINE_NOTE, evaluate_runs, finished_checkpoints, load_classifier, load_released,
+from robustlab.robustness import (evaluate_runs, evaluation_note, finished_checkpoints, load_classifier, load_released,
                                   long_rows, robustness_rows, run_labels, summarize_over_seeds)
 from robustlab.robustness_plots import ece_figure, family_figure, heatmap_figure
 from robustlab.strategies import get_strategy
@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     baseline = args.baseline or labels[0]
     require(baseline in labels, f"--baseline {baseline!r} is not one of the evaluated models: {', '.join(dict.fromkeys(labels))}")
     dirs = output_dirs(args)
-    result = evaluate_runs(loaded, labels, ctx, corruptions, device, args.test_size or EVAL_TEST_SIZE[args.preset],
+    eval_size = args.test_size or EVAL_TEST_SIZE[args.preset]
+    result = evaluate_runs(loaded, labels, ctx, corruptions, device, eval_size,
                            args.corruption_seed, args.cifar_c, resolve_precision("auto", device, channels_last=False).autocast)
     scores, n_test = result.scores, result.test_sizes
     for row in result.calibration:
@@ -133,10 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = robustness_rows(scores, corruptions, baseline)
     columns = ["model", "clean_acc", "mean_corruption_acc", "extra_corruption_acc", "mce", "relative_mce", "clean_ece",
                "mean_corruption_ece", *[f"acc_{c}" for c in corruptions]]
-    source_note = f"the released files in {args.cifar_c}" if args.cifar_c else f"generated, corruption seed {args.corruption_seed}"
-    note = (f"{'/'.join(map(str, sorted(n_test)))} clean test images per run; corruptions at severities 1-5 ({source_note}). "
-            "mean_corruption_acc: the 15 benchmark corruptions evaluated; extra_corruption_acc: speckle noise, Gaussian "
-            "blur, spatter, saturate. " + BASELINE_NOTE.format(baseline=baseline))
+    note = (evaluation_note(n_test, eval_size, args.cifar_c, args.corruption_seed, [m for m, _ in scores], baseline)
+            + " mean_corruption_acc: the 15 benchmark corruptions evaluated; extra_corruption_acc: speckle noise, "
+            "Gaussian blur, spatter, saturate.")
     print(write_table(summarize_over_seeds(rows), columns, dirs, title="Corruption robustness", note=note))
     write_table(rows, ["seed", *columns], [dirs[0]], stem="runs")
     write_text(dirs[0] / "corruptions_long.csv",

@@ -13,7 +13,7 @@ from conftest import write_tiny_cifar10
 GARBAGE = "garbage.pt"
 
 
-MODELS = "unknown model 'no_such_model'; known models: convnext_cifar, "  # the list goes on
+MODELS = "unknown model 'no_such_model'; known models: airbench, airbench_s, convnext_cifar, "  # the list goes on
 
 
 def _cases(tmp):
@@ -30,7 +30,7 @@ def _cases(tmp):
         ("robustlab.train", ["--noise-rate", "-0.1"], "argument --noise-rate: must be in [0, 1), got -0.1 (see --help)"),
         ("robustlab.train", ["--schedule", "sawtooth"], "argument --schedule: invalid choice: 'sawtooth' (choose from "
          "'constant', 'step', 'multistep', 'cosine', 'warmup_cosine', 'cosine_restarts', 'cyclic', 'onecycle', "
-         "'plateau') (see --help)"),
+         "'plateau', 'triangular') (see --help)"),
         ("robustlab.train", ["--model-arg", "no_equals_sign"], "--model-arg expects KEY=VALUE, got 'no_equals_sign'"),
         ("robustlab.train", ["--seed", "-1"], "argument --seed: must be >= 0, got -1 (see --help)"),
         ("robustlab.train", ["--device", "abacus"], "unknown device 'abacus'; use auto, cpu, cuda or cuda:N"),
@@ -53,7 +53,7 @@ def _cases(tmp):
         ("studies.noisy_labels", ["--model", "no_such_model"], MODELS),
         ("studies.architectures", ["--models", "resnet18,no_such_model"], MODELS),
         ("studies.architectures", ["--preset", "huge"],
-         "argument --preset: invalid choice: 'huge' (choose from 'quick', 'paper') (see --help)"),
+         "argument --preset: invalid choice: 'huge' (choose from 'quick', 'paper', 'fast') (see --help)"),
         ("studies.supcon", ["--temperature", "0"], "argument --temperature: must be > 0, got 0 (see --help)"),
         ("studies.supcon", ["--head", "transformer"], "unknown head 'transformer'; choose from mlp, linear, finetune"),
         ("studies.regularization", ["--ablation", "everything"], "argument --ablation: invalid choice: 'everything' "

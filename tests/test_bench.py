@@ -20,7 +20,9 @@ def _images(n=96, seed=0):
 
 
 def test_default_row_is_what_train_uses_on_this_machine():
-    policy = resolve_precision("auto", "cpu")
+    from robustlab.models import create_model
+
+    policy = resolve_precision("auto", "cpu", model=create_model("small_cnn"))
     assert default_setting(torch.device("cpu")) == Setting("device", policy.name, policy.channels_last, False, 128)
     images, labels = _images()
     settings = [Setting("device", "fp32", False, False, 16), Setting("device", policy.name, policy.channels_last, False, 16)]
@@ -29,6 +31,30 @@ def test_default_row_is_what_train_uses_on_this_machine():
     assert all(ROW_KEYS <= r.keys() and r["img_per_s"] > 0 and len(r["img_per_s_all"]) == 2 for r in rows)
     # the reported rate is the median of the round-robin windows
     assert all(min(r["img_per_s_all"]) - 0.1 <= r["img_per_s"] <= max(r["img_per_s_all"]) + 0.1 for r in rows)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_default_marker_is_what_fit_runs_with_or_without_native_bf16(monkeypatch, native):
+    """(The policy for models that are not convolutional is tested in test_precision.py.)"""
+    from robustlab import precision as P
+    from robustlab.data import DeviceLoader
+    from robustlab.engine import TrainConfig, fit
+    from robustlab.models import create_model
+    from robustlab.strategies import CrossEntropy
+
+    monkeypatch.setattr(P, "cpu_capabilities", lambda: {"avx512_bf16": native})
+    model = "tiny_cnn"
+    images, labels = _images(8)
+    train = DeviceLoader(images, labels, 8, lambda x, g: x.float() / 255, seed=0)
+    result = fit(CrossEntropy(create_model(model)), train, TrainConfig(epochs=1, batch_size=8, tta="none"), quiet=True,
+                 num_classes=10)
+    ran = Setting("device", result.precision["precision"], result.precision["memory_format"] == "channels_last",
+                  False, 128)
+    assert default_setting(torch.device("cpu"), model=model) == ran
+    assert (ran.precision, ran.channels_last) == (("bf16" if native else "fp32"), True)
+    rows = measure([Setting("device", "fp32", False, False, 128), ran], model, images.repeat(16, 1, 1, 1),
+                   labels.repeat(16), torch.device("cpu"), steps=1, warmup=0, repeats=1)
+    assert [r["default"] for r in rows] == [False, True]  # fp32 contiguous is never the default for a CNN on a CPU
 
 
 def test_contender_trains_the_model_it_times():

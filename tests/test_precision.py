@@ -52,6 +52,66 @@ def test_auto_is_bf16_with_channels_last_only_on_a_cpu_with_native_bf16(monkeypa
     assert P.resolve_precision("fp32", "cpu").memory_format == "contiguous"
 
 
+def _fake_native_bf16(monkeypatch, device: str, native: bool) -> None:
+    """Fake the device's bf16 capability: CPU flags, or CUDA's bf16 support (no GPU needed)."""
+    if device == "cpu":
+        monkeypatch.setattr(P, "cpu_capabilities", lambda: {"amx_bf16": True} if native else {"avx512_f": True})
+    else:
+        monkeypatch.setattr(P.torch.cuda, "is_bf16_supported", lambda including_emulation=True: native)
+
+
+class _Mlp(nn.Module):
+    """Not convolutional: a ViT-like patch embedding (one convolution) and linear layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 4, stride=4)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * 8 * 8, 10))
+
+    def forward(self, x):
+        return self.head(self.embed(x))
+
+
+# (device, native bf16, convolutional model) -> (precision, memory format) under --precision auto
+AUTO_POLICY = [
+    ("cpu", True, True, "bf16", "channels_last"),
+    ("cpu", True, False, "bf16", "channels_last"),
+    ("cpu", False, True, "fp32", "channels_last"),   # the fastest plain fp32 for a CNN on a CPU
+    ("cpu", False, False, "fp32", "contiguous"),
+    ("cuda", True, True, "bf16", "channels_last"),
+    ("cuda", True, False, "bf16", "channels_last"),
+    ("cuda", False, True, "fp32", "contiguous"),     # GPUs without bf16: unmeasured, left as they were
+    ("cuda", False, False, "fp32", "contiguous"),
+]
+
+
+@pytest.mark.parametrize("device, native, conv, precision, memory_format", AUTO_POLICY)
+def test_auto_policy_per_device_bf16_capability_and_model_kind(monkeypatch, device, native, conv, precision,
+                                                               memory_format):
+    _fake_native_bf16(monkeypatch, device, native)
+    model = create_model("tiny_cnn") if conv else _Mlp()
+    assert P.is_convolutional(model) is conv
+    policy = P.resolve_precision("auto", device, model=model)
+    assert (policy.name, policy.memory_format) == (precision, memory_format)
+    assert policy.describe() == {"requested": "auto", "precision": precision, "memory_format": memory_format,
+                                 "device": device}
+    # channels_last=False (TrainConfig.channels_last) keeps contiguous tensors whatever the policy
+    assert not P.resolve_precision("auto", device, channels_last=False, model=model).channels_last
+    # explicit choices ignore the model: fp32 is the contiguous reference, bf16 always channels_last
+    assert P.resolve_precision("fp32", device, model=model).memory_format == "contiguous"
+    assert P.resolve_precision("bf16", device, model=model).memory_format == "channels_last"
+    # without a model (evaluation helpers) nothing is known to be convolutional
+    assert P.resolve_precision("auto", device).memory_format == ("channels_last" if native else "contiguous")
+
+
+def test_convolutional_means_two_or_more_2d_convolutions():
+    assert P.is_convolutional(create_model("small_cnn"))
+    assert not P.is_convolutional(create_model("vit_cifar"))  # its only convolution embeds the patches
+    assert not P.is_convolutional(nn.Sequential(nn.Conv2d(3, 4, 3)))
+    assert P.is_convolutional(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3)))
+    assert not P.is_convolutional(nn.Linear(3, 4))
+
+
 def test_unknown_precision_and_unsupported_device_are_usage_errors():
     with pytest.raises(UsageError, match="unknown precision 'fp16'"):
         P.resolve_precision("fp16", "cpu")
@@ -151,6 +211,15 @@ def test_fit_under_bf16_trains_in_bf16_with_float32_losses_and_records_the_polic
     strategy, result = _fit("bf16")
     assert strategy.seen == {(True, torch.float32, True), ("loss", torch.float32)}
     assert result.precision == {"requested": "bf16", "precision": "bf16", "memory_format": "channels_last", "device": "cpu"}
+    assert strategy.model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert result.metrics["test_acc"] > 0.6  # chance is 0.25
+
+
+def test_fit_under_auto_without_native_bf16_trains_a_cnn_in_fp32_channels_last(monkeypatch):
+    _fake_native_bf16(monkeypatch, "cpu", native=False)
+    strategy, result = _fit("auto")
+    assert strategy.seen == {(True, torch.float32, False), ("loss", torch.float32)}  # channels_last input, no autocast
+    assert result.precision == {"requested": "auto", "precision": "fp32", "memory_format": "channels_last", "device": "cpu"}
     assert strategy.model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert result.metrics["test_acc"] > 0.6  # chance is 0.25
 

@@ -15,6 +15,7 @@ from robustlab.errors import UsageError
 from robustlab.experiment import Context, ExperimentConfig, run_experiment
 from robustlab.robustness import (ModelSpec, evaluate_runs, finished_checkpoints, generated_corruptions,
                                   evaluate_corruptions, load_classifier, load_released, predict_logits, run_eval_splits, run_labels)
+from robustlab.robustness import _run_splits
 
 
 def _message(call) -> str:
@@ -115,27 +116,72 @@ def test_evaluate_runs_groups_runs_by_test_split_and_fits_temperatures_on_valida
     assert other.scores[("a", 0)].acc != out.scores[("a", 0)].acc or other.scores[("a", 0)].ece != out.scores[("a", 0)].ece
 
 
-def test_evaluate_runs_reads_a_release_limited_to_the_test_size(tiny, tmp_path):
+def _release_of(images_hwc, labels, path, blocks=None):
+    """A CIFAR-10-C layout in `path`: fog.npy with five severity blocks (`blocks`, default the clean
+    images five times) and labels.npy (the labels tiled five times)."""
     import numpy as np
 
-    _, ctx = tiny
-    rng = np.random.default_rng(0)
-    np.save(tmp_path / "fog.npy", rng.integers(0, 256, (5 * 12, 32, 32, 3), dtype=np.uint8))
-    np.save(tmp_path / "labels.npy", rng.integers(0, 10, 12).astype(np.uint8))
-    runs = [(record(), ModelSpec(Pixels(1), MEAN, STD))]
+    np.save(path / "fog.npy", np.concatenate(blocks if blocks is not None else [images_hwc] * 5))
+    np.save(path / "labels.npy", np.tile(np.asarray(labels), 5).astype(np.uint8))
+
+
+def _tiny_test_hwc(data):
+    return data.test_data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+
+
+def test_release_rows_are_the_runs_own_test_images_so_identical_blocks_score_as_clean(tiny, tmp_path):
+    import numpy as np
+
+    data, ctx = tiny
+    clean = _tiny_test_hwc(data)  # the 40-image test set in its order, as a release of it would be
+    _release_of(clean, data.test_labels, tmp_path)
+    runs = [(record(), ModelSpec(Pixels(1), MEAN, STD)), (record(), ModelSpec(Pixels(3), MEAN, STD))]
     calls = []
-    out = evaluate_runs(runs, ["a"], ctx, ["fog"], released=tmp_path, test_size=10, autocast=lambda: _Count(calls))
-    acc = out.scores[("a", 0)].acc
-    assert set(acc) == {("fog", s) for s in range(1, 6)}
-    x, y, n = load_released(tmp_path, "fog", limit=10)
-    assert n == 10
-    for severity in range(1, 6):  # block s of the release, its first 10 images
-        block = slice((severity - 1) * 10, severity * 10)
-        z = predict_logits(runs[0][1], x[block].float() / 255)
-        assert acc[("fog", severity)] == pytest.approx(float((z.argmax(1) == y[block]).float().mean()))
-    assert len(calls) == 1 + 5 + 1  # autocast around the clean batch, every severity and the validation logits
+    out = evaluate_runs(runs, ["a", "b"], ctx, ["fog"], released=tmp_path, test_size=10, autocast=lambda: _Count(calls))
+    splits = _run_splits(record(), ctx, test_size=10)
+    index = splits.test_index
+    assert len(index) == 10 and index.tolist() != list(range(10))  # a class-balanced subset, not the first rows
+    assert torch.equal(splits.test.images, torch.from_numpy(data.test_data[index].reshape(-1, 3, 32, 32)))
+    for key in ("a", 0), ("b", 0):
+        scores = out.scores[key]
+        # every block holds the clean images: corrupted accuracy and ECE equal the clean ones exactly
+        assert [scores.acc[("fog", s)] for s in range(1, 6)] == [scores.clean_acc] * 5
+        assert [scores.ece[("fog", s)] for s in range(1, 6)] == [scores.clean_ece] * 5
+    assert not torch.equal(out.clean_logits[("a", 0)][0], out.clean_logits[("b", 0)][0])  # two different models
+    assert len(calls) == 2 * (1 + 5) + 2  # autocast per model: the clean batch, every severity, the validation logits
+
+    # Distinct blocks: severity s scores exactly the rows `index` of block s.
+    rng = np.random.default_rng(0)
+    blocks = [rng.integers(0, 256, clean.shape, dtype=np.uint8) for _ in range(5)]
+    _release_of(clean, data.test_labels, tmp_path, blocks)
+    out = evaluate_runs(runs[:1], ["a"], ctx, ["fog"], released=tmp_path, test_size=10)
+    y = torch.from_numpy(data.test_labels[index])
+    for severity, block in enumerate(blocks, 1):
+        x = torch.from_numpy(block[index]).permute(0, 3, 1, 2).float() / 255
+        z = predict_logits(runs[0][1], x)
+        assert out.scores[("a", 0)].acc[("fog", severity)] == pytest.approx(float((z.argmax(1) == y).float().mean()))
+
+
+def test_a_release_that_is_not_the_runs_test_set_in_order_is_refused(tiny, tmp_path):
+    import numpy as np
+
+    data, ctx = tiny
+    clean = _tiny_test_hwc(data)
+    runs = [(record(), ModelSpec(Pixels(1), MEAN, STD))]
+    # the test set in another order (e.g. an image-folder copy, sorted by class): labels disagree
+    order = np.argsort(data.test_labels, kind="stable")
+    _release_of(clean[order], data.test_labels[order], tmp_path)
+    message = _message(lambda: evaluate_runs(runs, ["a"], ctx, ["fog"], released=tmp_path, test_size=10))
+    assert message.startswith(f"{tmp_path / 'labels.npy'} does not match the run's test labels (severity 1, evaluated image ")
+    assert message.endswith("the released files are the test set in its original order, and so must the run's test "
+                            "set be (the torchvision pickles are; an image-folder copy is in class order)")
+    # a release shorter than the test set: the rows of the later test images do not exist
+    _release_of(clean[:12], data.test_labels[:12], tmp_path)
+    assert _message(lambda: evaluate_runs(runs, ["a"], ctx, ["fog"], released=tmp_path)) == (
+        f"{tmp_path / 'fog.npy'} holds 12 images per severity, fewer than the test set evaluated (image 39 asked for): "
+        "the released files must be the whole test set")
     # labels beyond the run's classes are refused
-    np.save(tmp_path / "labels.npy", np.full(12, 10, dtype=np.uint8))
+    _release_of(clean, np.full(40, 10), tmp_path)
     with pytest.raises(UsageError, match=r"labels outside 0\.\.9"):
         evaluate_runs(runs, ["a"], ctx, ["fog"], released=tmp_path)
 
@@ -230,8 +276,7 @@ def test_evaluate_runs_passes_the_device_on(tiny, tmp_path, monkeypatch):
     spy("_uint8_batches", 2, R._uint8_batches)
     runs = [(record(), ModelSpec(Pixels(1), MEAN, STD))]
     evaluate_runs(runs, ["a"], ctx, ["contrast"], device="cpu", test_size=10, corruption_seed=3)
-    np.save(tmp_path / "fog.npy", np.zeros((5 * 10, 32, 32, 3), dtype=np.uint8))
-    np.save(tmp_path / "labels.npy", np.zeros(10, dtype=np.uint8))
+    _release_of(_tiny_test_hwc(tiny[0]), tiny[0].test_labels, tmp_path)
     evaluate_runs(runs, ["a"], ctx, ["fog"], device="cpu", released=tmp_path, test_size=10)
     # made with the device as given (not as torch.device): the release's five severities and the validation batches
     outside = [s for s in seen if s[0] != "_uint8_batches" or isinstance(s[1], str)]

@@ -87,7 +87,7 @@ def test_two_checkpoints_give_an_mce_relative_to_the_first(trained, cifar10_dir,
     # one epoch: best.pt holds the same weights as last.pt
     assert float(rows[1]["mce"]) == pytest.approx(1.0) and float(rows[1]["relative_mce"]) == pytest.approx(1.0)
     assert len(read_csv(out / "corruptions_long.csv")) == 2 * 2 * 5
-    assert "300 clean test images" in (out / "table.md").read_text() and "not the published mCE" in (out / "table.md").read_text()
+    assert "N = 300 test images per run" in (out / "table.md").read_text() and "not the published mCE" in (out / "table.md").read_text()
 
 
 @pytest.mark.parametrize("bad", ["missing", "no_record", "corrupt"])
@@ -134,23 +134,50 @@ def test_methods_train_ce_and_augmix_with_the_same_budget_and_compare_them(cifar
     assert float(rows2["ce"]["clean_acc"]) == pytest.approx(float(rows["ce"]["clean_acc"]))
 
 
-def test_released_cifar_c_files_are_evaluated_block_by_block(trained, cifar10_dir, session_cache_dir, tmp_path):
-    run_out, record = trained
+def test_released_cifar_c_files_are_scored_on_the_runs_own_test_images(tiny_cifar10, tmp_path):
+    """A run on a tiny CIFAR-10 (torchvision pickles: 40 test images in the original order) and a
+    release of that test set: blocks identical to the clean images score exactly as clean, and the
+    note gives N and says that a lone model's mCE is relative to itself."""
+    from robustlab.engine import TrainConfig
+    from robustlab.experiment import DataConfig
+
+    cfg = ExperimentConfig(data=DataConfig(val_size=20), model="tiny_cnn", tag="tiny",
+                           train=TrainConfig(epochs=1, batch_size=40, tta="none"))
+    ctx = Context(data_dir=str(tiny_cifar10.root), cache_dir=str(tmp_path / "cache"), device="cpu", quiet=True)
+    record = run_experiment(cfg, tmp_path / "train", ctx)
+    ckpt = str(tmp_path / "train" / "runs" / record["run_id"] / "last.pt")
     release = tmp_path / "CIFAR-10-C"
     release.mkdir()
-    rng = np.random.default_rng(0)
-    np.save(release / "fog.npy", rng.integers(0, 256, (5 * 40, 32, 32, 3), dtype=np.uint8))
-    np.save(release / "labels.npy", rng.integers(0, 10, 5 * 40).astype(np.uint8))
+    clean = tiny_cifar10.test_data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    np.save(release / "fog.npy", np.concatenate([clean] * 5))
+    np.save(release / "labels.npy", np.tile(tiny_cifar10.test_labels, 5).astype(np.uint8))
+    common_args = ["--data-dir", str(tiny_cifar10.root), "--cache-dir", str(tmp_path / "cache"), "--quiet"]
     out = tmp_path / "rel"
-    ckpt = str(run_out / "runs" / record["run_id"] / "last.pt")
-    argv = ["--checkpoint", ckpt, "--cifar-c", str(release), "--corruptions", "fog", *common(cifar10_dir, session_cache_dir, out)]
+    argv = ["--checkpoint", ckpt, "--cifar-c", str(release), "--corruptions", "fog", "--test-size", "20",
+            "--out", str(out), "--figures-dir", str(out / "fig"), *common_args]
     assert robustness.main(argv) == 0
     long = read_csv(out / "corruptions_long.csv")
+    row = read_csv(out / "table.csv")[0]
     assert [int(x["severity"]) for x in long] == [1, 2, 3, 4, 5]
-    assert all(float(x["acc"]) * 40 == pytest.approx(round(float(x["acc"]) * 40)) for x in long)  # 40 images per block
-    assert "released files" in (out / "table.md").read_text()
-    assert robustness.main(["--checkpoint", ckpt, "--cifar-c", str(release), "--corruptions", "fog,snow",
-                            *common(cifar10_dir, session_cache_dir, tmp_path / "x")]) == 2
+    assert [float(x["acc"]) for x in long] == [float(row["clean_acc"])] * 5  # the same 20 images, clean and "fogged"
+    assert [float(x["ece"]) for x in long] == [float(row["clean_ece"])] * 5
+    assert float(row["mce"]) == pytest.approx(1.0)
+    table = (out / "table.md").read_text()
+    assert "N = 20 test images per run (the run's test split, or a class-balanced subset of 20 when it is larger" in table
+    assert f"each evaluated clean and under every corruption at severities 1-5 (the same images' rows of every " \
+           f"severity block of the released files in {release})" in table
+    assert "Only one model is evaluated, so mCE and relative mCE are relative to that model itself" in table
+    assert "normalized by the baseline model" not in table
+    # two models: the mCE is relative to the baseline, as the note says
+    out2 = tmp_path / "rel2"
+    best = ckpt.replace("last.pt", "best.pt")
+    assert robustness.main(["--checkpoint", ckpt, "--checkpoint", best, "--cifar-c", str(release), "--corruptions",
+                            "fog", "--out", str(out2), "--figures-dir", str(out2 / "fig"), *common_args]) == 0
+    table = (out2 / "table.md").read_text()
+    assert "N = 40 test images per run (the run's test split, or a class-balanced subset of 500 when it is larger" in table
+    assert "normalized by the baseline model 'tiny-" in table and "Only one model" not in table
+    # a corruption without a release file is refused before anything runs
+    assert robustness.main([*argv[:4], "--corruptions", "fog,snow", "--out", str(tmp_path / "x"), *common_args]) == 2
 
 
 def test_missing_release_file_exits_2_naming_it(tmp_path, capsys):

@@ -78,7 +78,7 @@ def throughput_settings(args, device: torch.device):
     compiles = (False,) if args.no_compile else (False, True)
     settings = [Setting("device", p, cl, c, b) for c in compiles for p in ("fp32", "bf16") for cl in (False, True)]
     if not args.no_dataloader:
-        default = default_setting(device, b)
+        default = default_setting(device, b, args.model)
         for p, cl in dict.fromkeys([("fp32", False), (default.precision, default.channels_last)]):
             settings.append(Setting("dataloader", p, cl, False, b, args.workers))
     return settings

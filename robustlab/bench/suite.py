@@ -138,7 +138,7 @@ def time_to_accuracy(sizes: SuiteSizes, device: torch.device, data_dir, cache_di
         history, stopped = result.history, None
     except _BudgetSpent:
         history, stopped = load_checkpoint(run_dir / "last.pt")["history"], "budget"
-    precision = resolve_precision(cfg.train.precision, device, cfg.train.channels_last).describe()
+    precision = resolve_precision(cfg.train.precision, device, cfg.train.channels_last, strategy).describe()
     wall = time.perf_counter() - start
     reached = next((i for i, r in enumerate(history) if r["test_acc"] >= sizes.tta_target), None)
     upto = history[: reached + 1] if reached is not None else history

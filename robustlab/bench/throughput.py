@@ -42,9 +42,9 @@ class Setting:
         return f"{loader} {self.precision} {fmt}{' compile' if self.compile else ''} b{self.batch_size}"
 
 
-def default_setting(device: torch.device, batch_size: int = 128) -> Setting:
-    """What robustlab.train uses on `device` (TrainConfig defaults: precision auto, no compile)."""
-    policy = resolve_precision("auto", device)
+def default_setting(device: torch.device, batch_size: int = 128, model: str = "small_cnn") -> Setting:
+    """What robustlab.train uses for `model` on `device` (TrainConfig defaults: precision auto, no compile)."""
+    policy = resolve_precision("auto", device, model=create_model(model))
     return Setting("device", policy.name, policy.channels_last, False, batch_size)
 
 
@@ -170,7 +170,7 @@ def measure(settings: list[Setting], model: str, images: torch.Tensor, labels: t
     for _ in range(repeats):
         for c in contenders:
             c.time(steps)
-    default = default_setting(device)
+    default = default_setting(device, model=model)
     rows = []
     for c in contenders:
         s = c.setting

@@ -20,6 +20,7 @@ class DataSplits:
     std: tuple[float, float, float]
     train_index: np.ndarray | None = None  # position of each train/val sample in the full training set
     val_index: np.ndarray | None = None    # (per-image label sets such as CIFAR-N follow the samples)
+    test_index: np.ndarray | None = None   # position of each test sample in the full test set (CIFAR-10-C rows)
 
     @property
     def num_classes(self) -> int:
@@ -67,13 +68,15 @@ def make_splits(train: ImageDataset, test: ImageDataset, val_size: int = 5000, t
         take, _ = _stratified_take(labels[rest], train_size, seed)
         rest = rest[take]
     train_split = train.subset(rest)
+    test_pos = np.arange(len(test))
     if test_size is not None and test_size < len(test):
         if test_size < test.num_classes:
             raise UsageError(f"--test-size must be at least the number of classes ({test.num_classes}), got {test_size}")
-        take, _ = _stratified_take(test.labels.numpy(), test_size, 0)
-        test = test.subset(take)
+        test_pos, _ = _stratified_take(test.labels.numpy(), test_size, 0)
+        test = test.subset(test_pos)
     mean, std = channel_stats(train_split.images)
-    return DataSplits(train_split, val, test, mean, std, train_index=rest, val_index=val_pos if val is not None else None)
+    return DataSplits(train_split, val, test, mean, std, train_index=rest, val_index=val_pos if val is not None else None,
+                      test_index=test_pos)
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

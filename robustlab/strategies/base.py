@@ -18,7 +18,10 @@ A strategy plugs into the engine through class attributes and hooks:
 - `needs_train_pass`: `on_train_pass(epoch, loader)` is called before each epoch with the whole
   (noisy) training set, unaugmented, in a fixed order (DivideMix's per-sample-loss GMM);
 - `on_epoch_start`, `epoch_metrics`, `extra_predictors`: per-epoch state, logged numbers and
-  extra networks to evaluate.
+  extra networks to evaluate;
+- `warmup_length()`: the epochs before the method's own mechanism first acts (DivideMix's CE
+  warm-up, truncated GCE's epochs before its first pruning); the engine warns, and the run record
+  says, when a run is no longer than that, since it then never trains the method at all.
 """
 from __future__ import annotations
 
@@ -79,6 +82,11 @@ class Strategy(nn.Module):
     def on_train_pass(self, epoch: int, loader) -> None:
         """With `needs_train_pass`: called in eval mode, under no_grad, before epoch `epoch` with a
         loader over the whole training set (noisy labels, no augmentation, dataset order)."""
+
+    def warmup_length(self) -> int:
+        """Epochs at the start of a run during which the method's own mechanism does not act yet
+        (0: it acts from the first epoch); a run of at most this many epochs never leaves its warm-up."""
+        return 0
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         """Called before each training epoch (0-based); reset per-epoch state here."""

@@ -246,6 +246,10 @@ class DivideMix(Strategy):
             labels[idx] = y
         return losses, labels
 
+    def warmup_length(self) -> int:
+        """The cross-entropy warm-up: the first division happens before (0-based) epoch warmup_epochs."""
+        return self.warmup_epochs
+
     def on_train_pass(self, epoch: int, loader) -> None:
         self._divided = epoch >= self.warmup_epochs
         self._metrics = {}

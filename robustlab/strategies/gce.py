@@ -96,6 +96,10 @@ class GeneralizedCE(Strategy):
         n = epoch + 1
         return self.truncate_k is not None and n >= self.prune_start and (n - self.prune_start) % self.prune_every == 0
 
+    def warmup_length(self) -> int:
+        """Truncated: the epochs of untruncated GCE before the first pruning (1-based epoch prune_start); 0 otherwise."""
+        return self.prune_start - 1 if self.truncate_k is not None else 0
+
     def on_train_pass(self, epoch: int, loader) -> None:
         if not self.prunes_before(epoch):
             return
