@@ -7,7 +7,8 @@ Every arm shares model, data, budget and augmentation: clean_ce (clean labels), 
 for each registered strategy in --methods (default ce; --coteach adds coteach, --smooth EPS adds
 noisy_ls, cross-entropy with label smoothing). Each method's options for the preset come from its
 strategy class (`presets`). Validation labels carry the same noise as the training labels unless
---clean-val. Writes table.md/csv, runs.csv, noise_report.json and figures.
+--clean-val. Writes table.md/csv, runs.csv, noise_report.json and figures, among them memorization.png
+(each noisy arm's per-sample training dynamics, clean vs mislabeled; --no-dynamics turns them off).
 """
 from __future__ import annotations
 
@@ -27,11 +28,12 @@ from robustlab.models import require_model
 from robustlab.schedules import OptimConfig
 from robustlab.strategies.registry import config_fields, get_strategy, list_strategies
 from studies.common import accuracy_summary, fast_config, history_rows, plot_curves, save_figure, study_parser
+from studies.noisy_labels_plots import plot_memorization
 from studies.skeleton import Results, Study, Table, run_study, seeds_of
 
 COLUMNS = ["arm", "noise_type", "noise_rate", "realized_noise", "test_acc_last", "test_acc_last10",
            "test_acc_val_selected", "headline", "test_acc_net1", "test_acc_net2", "test_acc_ensemble",
-           "label_precision", "label_recall", "test_acc_best_oracle", "wall_seconds"]
+           "label_precision", "label_recall", "aum_auroc", "test_acc_best_oracle", "wall_seconds"]
 KEYS = ["arm", "noise_type", "noise_rate"]
 
 
@@ -88,6 +90,7 @@ def table_row(run) -> dict:
             "test_acc_net1": m.get("test_net1_acc", m["test_acc"]) if two_nets else None,
             "test_acc_net2": m.get("test_net2_acc"), "test_acc_ensemble": m.get("test_ensemble_acc"),
             "label_precision": hist[-1].get("label_precision"), "label_recall": hist[-1].get("label_recall"),
+            "aum_auroc": (r.get("dynamics") or {}).get("aum_auroc"),
             "wall_seconds": r.get("wall_seconds")}
 
 
@@ -97,11 +100,13 @@ def table_note(runs, base: ExperimentConfig, args) -> str:
             f"{seeds_of(runs)}. Validation labels: {val}. Accuracies on the clean test split: last epoch, mean of "
             f"the last 10 epochs, and the epoch chosen on validation; for two-network methods that is the predictor "
             f"named in `headline` (net1/net2/ensemble listed apart). label_precision/recall: the last epoch's "
-            f"selection. test_acc_best_oracle picks the epoch on the test split (an oracle).")
+            f"selection. aum_auroc: AUROC of the area under the margin as a detector of the mislabeled training "
+            f"images. test_acc_best_oracle picks the epoch on the test split (an oracle).")
 
 
-def plot_figures(res: Results) -> None:
+def plot_figures(res: Results, dynamics_epoch: int | None = None) -> None:
     hist = history_rows(res.runs, lambda r: r.config.tag)
+    plot_memorization(res, dynamics_epoch)
     plot_curves(hist, "test_acc", "test_acc", res.dirs, "test accuracy", "Test accuracy per epoch")
     noisy = [r for r in res.runs if r.record.get("noise")]
     report = noisy[0].record["noise"] if noisy else None
@@ -135,6 +140,13 @@ def build_parser():
     g.add_argument("--num-gradual", type=positive_int, default=None, help="small-loss methods: epochs to the full forget rate")
     g.add_argument("--forget-rate", type=unit_rate, default=None,
                    help="small-loss methods: your own noise-rate estimate (default: the realised rate, an oracle)")
+    g.add_argument("--t-file", default=None, metavar="PATH",
+                   help="forward_t/backward_t: transition matrix T (.npy/.csv, rows true class) from this file "
+                        "(default: the realised noise's T, an oracle)")
+    g.add_argument("--no-dynamics", action="store_true",
+                   help="do not record per-sample loss and margin (dynamics.npz, the memorization figure, aum_auroc)")
+    g.add_argument("--dynamics-epoch", type=positive_int, default=None,
+                   help="epoch of the memorization figure's loss histogram (default: the last)")
     return p
 
 
@@ -147,7 +159,8 @@ def choose_methods(args) -> dict[str, StrategyConfig]:
     methods = {}
     for m in names:
         options = {**getattr(get_strategy(m), "presets", {}).get(args.preset, {}),
-                   **{k: v for k, v in (("num_gradual", args.num_gradual), ("forget_rate", args.forget_rate))
+                   **{k: v for k, v in (("num_gradual", args.num_gradual), ("forget_rate", args.forget_rate),
+                                        ("t_source", "file" if args.t_file else None), ("t_file", args.t_file))
                       if v is not None and k in config_fields(m)}}
         methods[f"noisy_{m}"] = StrategyConfig(m, options)
         methods[f"noisy_{m}"].validate()
@@ -166,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     base = preset(args.preset)
     base.model = args.model or base.model
     base.data.noisy_val = not args.clean_val
+    base.train.record_dynamics = not args.no_dynamics
     apply_data_args(args, base.data)
     apply_train_args(args, base.train, base.augment)
     require_model(base.model)
@@ -173,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx = context_from_args(args, resume=args.resume)
     arms = build_arms(base, methods, noise, args.noise_type, args.seeds or [0])
     tables = lambda runs: [Table(COLUMNS, KEYS, "Noisy labels", table_note(runs, base, args))]  # noqa: E731
-    return run_study(Study(arms, table_row, tables, plot_figures), args, ctx)
+    figures = lambda res: plot_figures(res, args.dynamics_epoch)  # noqa: E731
+    return run_study(Study(arms, table_row, tables, figures), args, ctx)
 
 
 if __name__ == "__main__":
