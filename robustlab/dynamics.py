@@ -9,9 +9,24 @@ labels, dataset order) and appends one row per epoch to `dynamics.npz` in the ru
 - `margin` (epochs, N) float16: assigned-label logit minus the largest other logit;
 - `labels` (N,) the assigned labels; `clean_labels` (N,) the clean ones where the caller knows them.
 
-50,000 images x 100 epochs x 2 arrays x 2 bytes = 20 MB on disk (uncompressed, so that a rewrite
-each epoch stays cheap). The file is rewritten atomically after every epoch and before the
-epoch's checkpoint, so an interrupted run keeps every finished epoch and a resumed one continues it.
+50,000 images x 100 epochs x 2 arrays x 2 bytes = 20 MB on disk, 20.8 MB with the labels
+(uncompressed, so that a rewrite each epoch stays cheap), and the same in memory (rows
+preallocated for the planned epochs). The file is rewritten atomically after every epoch and
+before the epoch's checkpoint, so an interrupted run keeps every finished epoch and a resumed one
+continues it.
+
+Why a separate pass and not the training step's logits: every strategy would have to return
+per-sample logits aligned with its batch (DivideMix's mixed batches, Co-Teaching's two networks
+and multi-view strategies do not), and training-mode logits of augmented images change with
+the augmentation draw. The pass costs one forward over the training set per epoch, no
+backward, and draws no random numbers, so the training itself is bit-for-bit unchanged. The
+network scored is the one the run evaluates (`strategy.predict`: the main network, or the
+strategy's own predictor), after the epoch's last update.
+
+AUM deviations from the official code (asappresearch/aum): margins come from that pass (the
+official `AUMCalculator.update` takes the training batch's logits, augmented, in train mode, at
+each step); the score is returned and scored by AUROC against known noise, without the paper's
+threshold samples (an extra fake class whose 99th-percentile AUM sets the cut-off).
 """
 from __future__ import annotations
 
@@ -46,12 +61,13 @@ def _half(values: torch.Tensor | np.ndarray) -> np.ndarray:
 class DynamicsRecorder:
     """Collects one (loss, margin) row per epoch for `labels` (N,) and writes them to `path`.
 
-    `resume_epochs` continues a file written by an interrupted run: its first `resume_epochs`
-    rows are kept (rows past them, from an epoch whose checkpoint was never written, are
-    dropped; epochs missing from the file are NaN)."""
+    `capacity` (the planned epochs) preallocates the rows, so that an epoch costs one row, not a
+    copy of all earlier ones. `resume_epochs` continues a file written by an interrupted run: its
+    first `resume_epochs` rows are kept (rows past them, from an epoch whose checkpoint was never
+    written, are dropped; epochs missing from the file are NaN)."""
 
     def __init__(self, path: str | Path | None, labels: torch.Tensor, clean_labels: torch.Tensor | None = None,
-                 resume_epochs: int = 0):
+                 resume_epochs: int = 0, capacity: int = 0):
         self.path = Path(path) if path is not None else None
         self.labels = labels.detach().cpu().numpy().astype(np.int64)
         n = len(self.labels)
@@ -59,40 +75,47 @@ class DynamicsRecorder:
         require(self.clean_labels is None or len(self.clean_labels) == n,
                 f"clean labels ({len(self.clean_labels) if self.clean_labels is not None else 0}) and training "
                 f"labels ({n}) differ in length")
-        self.loss = np.zeros((0, n), np.float16)
-        self.margin = np.zeros((0, n), np.float16)
+        rows = max(capacity, resume_epochs, 1)
+        self._loss = np.full((rows, n), np.nan, np.float16)
+        self._margin = np.full((rows, n), np.nan, np.float16)
+        self.epochs = 0
         if resume_epochs:
             self._resume(resume_epochs)
 
     def _resume(self, epochs: int) -> None:
-        loss = margin = None
         if self.path is not None and self.path.exists():
             saved = load_dynamics(self.path)
             n = len(self.labels)
             require(saved["loss"].shape[1] == n,
                     f"{self.path} has {saved['loss'].shape[1]} samples per epoch, this run trains on {n}; "
                     "delete it or use another --out")
-            loss, margin = saved["loss"][:epochs], saved["margin"][:epochs]
-        missing = epochs - (0 if loss is None else len(loss))
-        gap = np.full((missing, len(self.labels)), np.nan, np.float16)
-        self.loss = gap if loss is None else np.concatenate([loss, gap])
-        self.margin = gap.copy() if margin is None else np.concatenate([margin, gap])
+            kept = min(epochs, len(saved["loss"]))
+            self._loss[:kept], self._margin[:kept] = saved["loss"][:kept], saved["margin"][:kept]
+        self.epochs = epochs
 
     @property
-    def epochs(self) -> int:
-        return len(self.loss)
+    def loss(self) -> np.ndarray:
+        return self._loss[:self.epochs]
+
+    @property
+    def margin(self) -> np.ndarray:
+        return self._margin[:self.epochs]
 
     def add_epoch(self, logits: torch.Tensor) -> None:
         """Append the epoch's row from the training set's logits (N, C), in dataset order, and write the file."""
         require(len(logits) == len(self.labels),
                 f"dynamics: got logits for {len(logits)} samples, the training set has {len(self.labels)}")
         loss, margin = loss_and_margin(logits, torch.as_tensor(self.labels, device=logits.device))
-        self.loss = np.concatenate([self.loss, _half(loss)[None]])
-        self.margin = np.concatenate([self.margin, _half(margin)[None]])
+        if self.epochs == len(self._loss):  # beyond the planned epochs: double the rows
+            grow = np.full_like(self._loss, np.nan)
+            self._loss, self._margin = np.concatenate([self._loss, grow]), np.concatenate([self._margin, grow])
+        self._loss[self.epochs], self._margin[self.epochs] = _half(loss), _half(margin)
+        self.epochs += 1
         if self.path is not None:
             self.write()
 
     def arrays(self) -> dict[str, np.ndarray]:
+        """The recorded rows (views, no copy) and the labels, as written to the file."""
         out = {"loss": self.loss, "margin": self.margin, "labels": self.labels}
         if self.clean_labels is not None:
             out["clean_labels"] = self.clean_labels

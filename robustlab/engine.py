@@ -162,7 +162,7 @@ def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, tes
     dynamics = None
     if cfg.record_dynamics and info.is_main:
         dynamics = DynamicsRecorder(run_dir / DYNAMICS_FILE if run_dir else None, train_pass_loader.labels,
-                                    clean_train_labels, resume_epochs=start_epoch)
+                                    clean_train_labels, resume_epochs=start_epoch, capacity=cfg.epochs)
     for epoch in range(start_epoch, cfg.epochs if not stopped_early else start_epoch):
         t0 = time.perf_counter()
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
