@@ -256,3 +256,22 @@ def test_the_study_writes_the_memorization_figure(tmp_path):
     height, width = matplotlib.image.imread(paths[1]).shape[:2]
     assert height == pytest.approx(2 * 3.3 * 120, abs=2) and width == pytest.approx(13 * 120, abs=2)  # 2 rows
     assert plot_memorization(SimpleNamespace(runs=runs[:1], dirs=res.dirs)) == []
+
+
+def test_train_cli_records_dynamics_and_the_aum_auroc(tiny_cifar10, tmp_path):
+    """`robustlab.train --record-dynamics`: dynamics.npz in the run folder, its summary in the record."""
+    import json
+
+    from robustlab.train import main
+
+    out = tmp_path / "out"
+    assert main(["--record-dynamics", "--noise-rate", "0.4", "--epochs", "2", "--val-size", "0", "--model", "tiny_cnn",
+                 "--batch-size", "50", "--tta", "none", "--data-dir", str(tiny_cifar10.root), "--cache-dir",
+                 str(tmp_path / "cache"), "--device", "cpu", "--quiet", "--no-tensorboard", "--out", str(out)]) == 0
+    record = json.loads(next((out / "records").glob("*.json")).read_text())
+    assert record["config"]["train"]["record_dynamics"] is True
+    saved = load_dynamics(record["dynamics"]["file"])
+    assert saved["loss"].shape == (2, 100) and saved["loss"].dtype == np.float16 and record["dynamics"]["epochs"] == 2
+    wrong = saved["labels"] != saved["clean_labels"]
+    assert wrong.mean() == pytest.approx(record["noise"]["realized_rate"])
+    assert record["dynamics"]["aum_auroc"] == pytest.approx(aum_detector_auroc(saved))

@@ -228,3 +228,18 @@ def test_registered_with_the_shared_options():
     for cls in (ForwardT, BackwardT):
         assert cls.presets["quick"] == {} and cls.Config().t_source == "oracle"
     assert ForwardT.name == "forward_t" and BackwardT.name == "backward_t"
+
+
+def test_train_cli_rejects_a_t_of_the_wrong_size_before_writing_anything(tiny_cifar10, tmp_path, capsys):
+    from robustlab.train import main
+
+    path = _save(tmp_path, "T.npy", np.eye(3))
+    out = tmp_path / "out"
+    code = main(["--strategy", "forward_t", "--strategy-arg", "t_source=estimate", "--strategy-arg", f"t_file={path}",
+                 "--noise-rate", "0.2", "--epochs", "1", "--val-size", "0", "--model", "tiny_cnn", "--data-dir",
+                 str(tiny_cifar10.root), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--quiet",
+                 "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0
+    assert "is 3x3, the dataset has 10 classes" in err and "T.npy" in err
+    assert not (out / "records").exists() and not (out / "runs").exists()
