@@ -32,7 +32,7 @@ def reproducibility() -> dict:
     return {"deterministic": torch.are_deterministic_algorithms_enabled(), "threads": torch.get_num_threads()}
 
 
-def _dynamics_summary(result: FitResult, run_dir: Path, data: PreparedData) -> dict | None:
+def _dynamics_summary(result: FitResult, run_dir: Path) -> dict | None:
     """Where the per-sample dynamics are and, with label noise, the AUROC of AUM as a mislabel detector."""
     if result.dynamics is None:
         return None
@@ -94,7 +94,8 @@ def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, ctx: Context 
         "data": {"train": len(data.splits.train), "val": len(data.splits.val) if data.splits.val else 0,
                  "test": len(data.splits.test), "mean": data.splits.mean, "std": data.splits.std,
                  "classes": data.splits.classes},
-        "dynamics": _dynamics_summary(result, run_dir, data), "precision": result.precision, "environment": {**environment(), **reproducibility()}, "wall_seconds": time.time() - t0, "checkpoint": str(run_dir / "last.pt"),
+        "dynamics": _dynamics_summary(result, run_dir),
+        "precision": result.precision, "environment": {**environment(), **reproducibility()}, "wall_seconds": time.time() - t0, "checkpoint": str(run_dir / "last.pt"),
     }
     if distributed.current().is_main:
         write_record(results_dir, record)
