@@ -101,7 +101,10 @@ def table_note(runs, base: ExperimentConfig, args) -> str:
             f"the last 10 epochs, and the epoch chosen on validation; for two-network methods that is the predictor "
             f"named in `headline` (net1/net2/ensemble listed apart). label_precision/recall: the last epoch's "
             f"selection. aum_auroc: AUROC of the area under the margin as a detector of the mislabeled training "
-            f"images. test_acc_best_oracle picks the epoch on the test split (an oracle).")
+            f"images. test_acc_best_oracle picks the epoch on the test split (an oracle)."
+            + (f" forward_t/backward_t correct the loss with T from {args.t_file}." if args.t_file else
+               " forward_t/backward_t correct the loss with the realised noise's T (an oracle)."
+               if {"forward_t", "backward_t"} & {r.config.strategy.name for r in runs} else ""))
 
 
 def plot_figures(res: Results, dynamics_epoch: int | None = None) -> None:

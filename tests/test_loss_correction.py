@@ -243,3 +243,25 @@ def test_train_cli_rejects_a_t_of_the_wrong_size_before_writing_anything(tiny_ci
     assert code == 2 and err.count("\n") == 0
     assert "is 3x3, the dataset has 10 classes" in err and "T.npy" in err
     assert not (out / "records").exists() and not (out / "runs").exists()
+
+
+def test_noisy_label_study_passes_a_t_file_and_names_the_oracle(tmp_path):
+    from types import SimpleNamespace
+
+    from studies import noisy_labels
+
+    path = _save(tmp_path, "T.npy", np.eye(10))
+    args = noisy_labels.build_parser().parse_args(["--methods", "ce,forward_t,backward_t", "--t-file", path])
+    methods = noisy_labels.choose_methods(args)
+    assert methods["noisy_ce"].options == {}
+    assert methods["noisy_forward_t"].options == methods["noisy_backward_t"].options == {"t_source": "file",
+                                                                                          "t_file": path}
+    default = noisy_labels.build_parser().parse_args(["--methods", "forward_t"])
+    assert noisy_labels.choose_methods(default)["noisy_forward_t"].options == {}  # t_source oracle
+    runs = [SimpleNamespace(config=SimpleNamespace(strategy=SimpleNamespace(name="forward_t"), seed=0))]
+    base = noisy_labels.preset("quick")
+    assert noisy_labels.table_note(runs, base, default).endswith("with the realised noise's T (an oracle).")
+    assert noisy_labels.table_note(runs, base, args).endswith(f"with T from {path}.")
+    bad = noisy_labels.build_parser().parse_args(["--methods", "forward_t", "--t-file", str(tmp_path / "no.npy")])
+    with pytest.raises(UsageError, match="no.npy does not exist"):
+        noisy_labels.choose_methods(bad)
