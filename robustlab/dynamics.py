@@ -52,10 +52,9 @@ def loss_and_margin(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return loss, assigned - others
 
 
-def _half(values: torch.Tensor | np.ndarray) -> np.ndarray:
-    """float16 with values beyond its range clipped to +-65504 (never inf)."""
-    a = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
-    return np.clip(a.astype(np.float32), -FLOAT16_MAX, FLOAT16_MAX).astype(np.float16)
+def _in_half_range(values: torch.Tensor) -> np.ndarray:
+    """Values clipped to float16's range +-65504, so that storing them as float16 never gives inf."""
+    return values.detach().float().clamp(-FLOAT16_MAX, FLOAT16_MAX).cpu().numpy()
 
 
 class DynamicsRecorder:
@@ -67,7 +66,7 @@ class DynamicsRecorder:
     written, are dropped; epochs missing from the file are NaN)."""
 
     def __init__(self, path: str | Path | None, labels: torch.Tensor, clean_labels: torch.Tensor | None = None,
-                 resume_epochs: int = 0, capacity: int = 0):
+                 resume_epochs: int = 0, capacity: int = 1):
         self.path = Path(path) if path is not None else None
         self.labels = labels.detach().cpu().numpy().astype(np.int64)
         n = len(self.labels)
@@ -75,7 +74,8 @@ class DynamicsRecorder:
         require(self.clean_labels is None or len(self.clean_labels) == n,
                 f"clean labels ({len(self.clean_labels) if self.clean_labels is not None else 0}) and training "
                 f"labels ({n}) differ in length")
-        rows = max(capacity, resume_epochs, 1)
+        require(capacity >= 1, f"capacity must be >= 1, got {capacity}")
+        rows = max(capacity, resume_epochs)
         self._loss = np.full((rows, n), np.nan, np.float16)
         self._margin = np.full((rows, n), np.nan, np.float16)
         self.epochs = 0
@@ -109,7 +109,7 @@ class DynamicsRecorder:
         if self.epochs == len(self._loss):  # beyond the planned epochs: double the rows
             grow = np.full_like(self._loss, np.nan)
             self._loss, self._margin = np.concatenate([self._loss, grow]), np.concatenate([self._margin, grow])
-        self._loss[self.epochs], self._margin[self.epochs] = _half(loss), _half(margin)
+        self._loss[self.epochs], self._margin[self.epochs] = _in_half_range(loss), _in_half_range(margin)
         self.epochs += 1
         if self.path is not None:
             self.write()

@@ -50,6 +50,18 @@ def test_recorder_rows_are_float16_and_clipped(tmp_path):
         DynamicsRecorder(None, LABELS, clean_labels=torch.tensor([0, 1]))
 
 
+def test_rows_are_preallocated_for_the_planned_epochs_and_grow_beyond():
+    rec = DynamicsRecorder(None, LABELS, capacity=3)
+    assert rec._loss.shape == (3, 4) and rec.epochs == 0 and rec.loss.shape == (0, 4)
+    for _ in range(4):
+        rec.add_epoch(LOGITS)
+    assert rec._loss.shape == (6, 4) and rec.loss.shape == rec.margin.shape == (4, 4)
+    assert np.isfinite(rec.loss).all() and np.isnan(rec._margin[4:]).all()
+    assert DynamicsRecorder(None, LABELS)._loss.shape == (1, 4)
+    with pytest.raises(UsageError, match="capacity must be >= 1, got 0"):
+        DynamicsRecorder(None, LABELS, capacity=0)
+
+
 def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     path = tmp_path / DYNAMICS_FILE
     rec = DynamicsRecorder(path, LABELS)
@@ -78,7 +90,7 @@ def test_resume_keeps_checkpointed_rows_and_marks_missing_ones(tmp_path):
     assert gap.epochs == 4 and np.isnan(gap.loss[3]).all() and np.isfinite(gap.loss[:3]).all()
     fresh = DynamicsRecorder(tmp_path / "none.npz", LABELS, resume_epochs=2)
     assert fresh.loss.shape == (2, 4) and np.isnan(fresh.margin).all()
-    with pytest.raises(UsageError, match="has 4 samples per epoch, this run trains on 3"):
+    with pytest.raises(UsageError, match="has 4 samples per epoch, this run trains on 3; delete it or use another --out"):
         DynamicsRecorder(path, LABELS[:3], resume_epochs=1)
 
 
@@ -160,6 +172,10 @@ def test_engine_records_every_epoch_and_aum_finds_the_flipped_labels(tmp_path):
     wrong = noisy != clean
     assert saved["loss"][0][wrong.numpy()].mean() > saved["loss"][0][~wrong.numpy()].mean() + 0.5
     assert aum_detector_auroc(saved) > 0.9
+    first = auroc(-saved["margin"][0].astype(np.float64), wrong.numpy())
+    assert aum_detector_auroc(saved, epochs=1) == first != aum_detector_auroc(saved)
+    with pytest.raises(UsageError, match="^the dynamics file has no clean labels: mislabeled samples are unknown$"):
+        aum_detector_auroc({k: v for k, v in saved.items() if k != "clean_labels"})
 
 
 def test_an_interrupted_run_keeps_finished_epochs_and_resume_continues_them(tmp_path, monkeypatch):
