@@ -71,9 +71,9 @@ class DynamicsRecorder:
         self.labels = labels.detach().cpu().numpy().astype(np.int64)
         n = len(self.labels)
         self.clean_labels = None if clean_labels is None else clean_labels.detach().cpu().numpy().astype(np.int64)
-        require(self.clean_labels is None or len(self.clean_labels) == n,
-                f"clean labels ({len(self.clean_labels) if self.clean_labels is not None else 0}) and training "
-                f"labels ({n}) differ in length")
+        if self.clean_labels is not None:
+            require(len(self.clean_labels) == n,
+                    f"clean labels ({len(self.clean_labels)}) and training labels ({n}) differ in length")
         require(capacity >= 1, f"capacity must be >= 1, got {capacity}")
         rows = max(capacity, resume_epochs)
         self._loss = np.full((rows, n), np.nan, np.float16)

@@ -40,13 +40,14 @@ def test_recorder_rows_are_float16_and_clipped(tmp_path):
     assert saved["loss"].dtype == saved["margin"].dtype == np.float16
     assert saved["loss"].shape == saved["margin"].shape == (2, 4)
     assert saved["labels"].tolist() == LABELS.tolist() and saved["clean_labels"].tolist() == [0, 1, 2, 2]
+    assert saved["labels"].dtype == saved["clean_labels"].dtype == np.int64
     np.testing.assert_array_equal(saved["margin"][0], np.float16([1.5, -2.0, 0.0, -0.5]))
     assert saved["margin"][1].tolist() == [65504.0, -65504.0, 0.0, float(np.float16(-50000.0))]
     assert np.isfinite(saved["loss"]).all() and saved["loss"][1, 1] == 65504.0
     np.testing.assert_allclose(saved["loss"][0], loss_and_margin(LOGITS, LABELS)[0].numpy(), rtol=1e-3)
     with pytest.raises(UsageError, match="got logits for 3 samples, the training set has 4"):
         rec.add_epoch(LOGITS[:3])
-    with pytest.raises(UsageError, match="differ in length"):
+    with pytest.raises(UsageError, match=r"clean labels \(2\) and training labels \(4\) differ in length"):
         DynamicsRecorder(None, LABELS, clean_labels=torch.tensor([0, 1]))
 
 
