@@ -117,6 +117,7 @@ def test_area_under_margin_by_hand():
     np.testing.assert_allclose(area_under_margin(margin, epochs=2), [2.0, -1.0, 0.5])
     np.testing.assert_allclose(area_under_margin(margin, epochs=1), [1.0, -2.0, 0.5])
     assert area_under_margin(np.full((2, 1), np.nan)).tolist() == [0.0]
+    assert area_under_margin(np.full((3, 1), 60000, np.float16)).tolist() == [60000.0]  # summed in float64, no overflow
     for bad in (0, 4):
         with pytest.raises(UsageError, match=r"AUM epochs must be in \[1, 3\]"):
             area_under_margin(margin, epochs=bad)
