@@ -145,7 +145,7 @@ def area_under_margin(margin: np.ndarray, epochs: int | None = None) -> np.ndarr
     m = np.asarray(margin, dtype=np.float64)
     require(m.ndim == 2, f"margins must be (epochs, N), got shape {m.shape}")
     require(epochs is None or 1 <= epochs <= len(m), f"AUM epochs must be in [1, {len(m)}], got {epochs}")
-    m = m[:epochs] if epochs is not None else m
+    m = m[:epochs]  # all rows when epochs is None
     seen = np.isfinite(m)
     return np.where(seen, m, 0.0).sum(0) / np.maximum(seen.sum(0), 1)
 
@@ -153,12 +153,12 @@ def area_under_margin(margin: np.ndarray, epochs: int | None = None) -> np.ndarr
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     """Area under the ROC curve of `scores` (higher = more likely positive) for the boolean `positive`:
     P(score of a positive > score of a negative), ties counting one half (the Mann-Whitney U statistic)."""
-    s = np.asarray(scores, dtype=np.float64)
+    s = np.asarray(scores)
     p = np.asarray(positive, dtype=bool)
     require(s.shape == p.shape and s.ndim == 1, f"scores {s.shape} and labels {p.shape} must be two equal 1-D arrays")
     n_pos, n_neg = int(p.sum()), int((~p).sum())
     require(n_pos > 0 and n_neg > 0, "AUROC needs both positives and negatives")
-    order = np.argsort(s, kind="mergesort")
+    order = np.argsort(s)  # ties get their average rank below, whatever their order
     ranks = np.empty(len(s))
     sorted_s = s[order]
     # average ranks (1-based) over ties

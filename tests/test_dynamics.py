@@ -116,6 +116,7 @@ def test_area_under_margin_by_hand():
     np.testing.assert_allclose(area_under_margin(margin), [2.0, 2 / 3, 0.0])  # NaN epochs are skipped
     np.testing.assert_allclose(area_under_margin(margin, epochs=2), [2.0, -1.0, 0.5])
     np.testing.assert_allclose(area_under_margin(margin, epochs=1), [1.0, -2.0, 0.5])
+    np.testing.assert_allclose(area_under_margin(margin, epochs=3), area_under_margin(margin))
     assert area_under_margin(np.full((2, 1), np.nan)).tolist() == [0.0]
     assert area_under_margin(np.full((3, 1), 60000, np.float16)).tolist() == [60000.0]  # summed in float64, no overflow
     for bad in (0, 4):
@@ -130,12 +131,14 @@ def test_auroc_by_hand_and_against_scikit_learn():
     assert auroc(np.array([1.0, 1.0, 2.0]), np.array([1, 0, 0])) == 0.25  # a tie counts one half
     assert auroc(np.array([3.0, 1.0, 2.0]), np.array([1, 0, 0])) == 1.0
     assert auroc(np.array([0.0, 1.0, 2.0]), np.array([1, 0, 0])) == 0.0
+    assert auroc(np.array([2.0, 1.0]), np.array([1, 0])) == 1.0  # one positive, one negative
+    assert auroc(np.array([3, 3, 1, 3]), np.array([0, 1, 0, 1])) == 0.75  # integer scores, ties
     from sklearn.metrics import roc_auc_score
 
     rng = np.random.default_rng(0)
     scores, positive = rng.integers(0, 6, 200).astype(float), rng.random(200) < 0.3
     assert auroc(scores, positive) == pytest.approx(roc_auc_score(positive, scores), abs=1e-12)
-    with pytest.raises(UsageError, match="both positives and negatives"):
+    with pytest.raises(UsageError, match="^AUROC needs both positives and negatives$"):
         auroc(np.array([1.0, 2.0]), np.array([1, 1]))
     with pytest.raises(UsageError, match="both positives and negatives"):
         auroc(np.array([1.0, 2.0]), np.array([0, 0]))
