@@ -16,6 +16,7 @@ import torch
 
 from robustlab import distributed
 from robustlab.checkpoint import load_checkpoint, save_checkpoint
+from robustlab.dynamics import DYNAMICS_FILE, DynamicsRecorder
 from robustlab.errors import UsageError, require
 from robustlab.evaluate import classification_metrics, collect_logits, l2_term
 from robustlab.loggers import as_logger, log_final_results
@@ -52,6 +53,7 @@ class FitResult:
     stopped_early: bool = False
     precision: dict = field(default_factory=dict)  # the resolved policy (Precision.describe())
     warnings: list[str] = field(default_factory=list)  # what the run record should flag (e.g. warmup_warning)
+    dynamics: dict | None = None  # with record_dynamics: robustlab.dynamics arrays (loss, margin, labels, ...)
 
 
 def warmup_warning(strategy: Strategy, epochs: int) -> str | None:
@@ -71,11 +73,17 @@ def _log(msg: str, quiet: bool) -> None:
 
 def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, test_loader=None,
         run_dir: str | Path | None = None, resume: str | Path | None = None, quiet: bool = False,
-        num_classes: int | None = None, train_pass_loader=None, loggers=None) -> FitResult:
+        num_classes: int | None = None, train_pass_loader=None, loggers=None,
+        clean_train_labels: torch.Tensor | None = None) -> FitResult:
     """Train `strategy` and return its history and final test metrics.
 
     `train_pass_loader` (the whole training set, unaugmented) is handed to the strategy's
     `on_train_pass` before every epoch when the strategy sets `needs_train_pass`.
+
+    With `cfg.record_dynamics`, after every epoch the strategy's predictor (eval mode, no grad)
+    scores `train_pass_loader` and each image's loss and margin against its assigned label are
+    appended to `run_dir/dynamics.npz` (robustlab.dynamics), with `clean_train_labels` beside
+    them when given (measurement only: which samples are mislabeled).
 
     `loggers` (a `robustlab.loggers.RunLogger` or a list of them) get every history row as its
     epoch ends and, at the end, the final metrics, figures and training config; the caller closes them.
@@ -109,6 +117,10 @@ def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, tes
     per_step = steps_per_iteration(cfg.optim)
     run_dir = Path(run_dir) if run_dir else None
     num_classes = num_classes or _infer_classes(strategy)
+    if cfg.record_dynamics:
+        require(strategy.classifies, f"record_dynamics needs a classifier; strategy {strategy.name!r} does not classify")
+        require(train_pass_loader is not None, "record_dynamics needs a pass over the training set: "
+                                               "give fit() a train_pass_loader (unaugmented, dataset order)")
 
     history: list[dict] = []
     best = {"epoch": -1, "score": -math.inf}
@@ -135,6 +147,10 @@ def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, tes
 
     if not resume:
         stopped_early = False
+    dynamics = None
+    if cfg.record_dynamics and info.is_main:
+        dynamics = DynamicsRecorder(run_dir / DYNAMICS_FILE if run_dir else None, train_pass_loader.labels,
+                                    clean_train_labels, resume_epochs=start_epoch, capacity=cfg.epochs)
     for epoch in range(start_epoch, cfg.epochs if not stopped_early else start_epoch):
         t0 = time.perf_counter()
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
@@ -151,6 +167,8 @@ def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, tes
             row.update(classification_metrics(*val, num_classes, prefix="val_"))
         if test_loader is not None:
             row.update(_test_metrics(strategy, test_loader, num_classes, autocast, epoch, cfg.optim.lr, run_dir))
+        if dynamics is not None:  # written before last.pt: a resumed run never lacks a checkpointed epoch's row
+            dynamics.add_epoch(collect_logits(strategy.predict, train_pass_loader, autocast=autocast)[0])
         if info.enabled:  # one set of numbers drives every rank's schedule and early stopping
             row = distributed.broadcast_object(row)
         if not per_step:
@@ -209,7 +227,8 @@ def fit(strategy: Strategy, train_loader, cfg: TrainConfig, val_loader=None, tes
         metrics["images_per_s"] = sum(r["images_per_s"] for r in history) / len(history)
     if logger is not None:
         log_final_results(logger, metrics, asdict(cfg), *((logits, labels) if test_loader is not None else ()))
-    return FitResult(history, metrics, best, elapsed, stopped_early, precision.describe(), notes)
+    return FitResult(history, metrics, best, elapsed, stopped_early, precision.describe(), notes,
+                     dynamics.arrays() if dynamics is not None else None)
 
 
 NO_BAD_STEP = 2 ** 62  # "no non-finite loss yet": larger than any step, so a min over ranks finds the first bad one

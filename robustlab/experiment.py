@@ -32,6 +32,19 @@ def reproducibility() -> dict:
     return {"deterministic": torch.are_deterministic_algorithms_enabled(), "threads": torch.get_num_threads()}
 
 
+def _dynamics_summary(result: FitResult, run_dir: Path) -> dict | None:
+    """Where the per-sample dynamics are and, with label noise, the AUROC of AUM as a mislabel detector."""
+    if result.dynamics is None:
+        return None
+    from robustlab.dynamics import DYNAMICS_FILE, aum_detector_auroc
+
+    summary = {"file": str(run_dir / DYNAMICS_FILE), "epochs": int(len(result.dynamics["loss"]))}
+    mislabeled = result.dynamics["labels"] != result.dynamics["clean_labels"]
+    if mislabeled.any() and not mislabeled.all():
+        summary["aum_auroc"] = aum_detector_auroc(result.dynamics)
+    return summary
+
+
 def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, ctx: Context | None = None,
                    train_augment=None) -> dict:
     """Train one run (or return its existing record) and write its record atomically."""
@@ -48,7 +61,7 @@ def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, ctx: Context 
     augment = train_augment or default_train_augment(cfg, data.splits, strategy)
     train_loader, val_loader, test_loader = make_loaders(data.splits, cfg.train, augment, cfg.seed, device)
     train_pass = None
-    if strategy.needs_train_pass:  # the whole noisy training set, unaugmented, in dataset order
+    if strategy.needs_train_pass or cfg.train.record_dynamics:  # the whole noisy training set, unaugmented, in dataset order
         train_pass = DeviceLoader(data.splits.train.images, data.splits.train.labels, EVAL_BATCH_SIZE,
                                   Normalize(data.splits.mean, data.splits.std), shuffle=False, device=device)
     if not getattr(strategy, "classifies", True):
@@ -68,7 +81,8 @@ def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, ctx: Context 
     try:
         result: FitResult = fit(strategy, train_loader, cfg.train, val_loader, test_loader, run_dir=run_dir,
                                 resume=resume, quiet=ctx.quiet, num_classes=data.splits.num_classes,
-                                train_pass_loader=train_pass, loggers=loggers)
+                                train_pass_loader=train_pass, loggers=loggers,
+                                clean_train_labels=data.clean_train_labels)
     finally:
         if loggers is not None:
             loggers.close()
@@ -80,6 +94,7 @@ def run_experiment(cfg: ExperimentConfig, results_dir: str | Path, ctx: Context 
         "data": {"train": len(data.splits.train), "val": len(data.splits.val) if data.splits.val else 0,
                  "test": len(data.splits.test), "mean": data.splits.mean, "std": data.splits.std,
                  "classes": data.splits.classes},
+        "dynamics": _dynamics_summary(result, run_dir),
         "precision": result.precision, "warnings": result.warnings, "environment": {**environment(), **reproducibility()}, "wall_seconds": time.time() - t0, "checkpoint": str(run_dir / "last.pt"),
     }
     if distributed.current().is_main:

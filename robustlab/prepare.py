@@ -113,6 +113,7 @@ def build_strategy(cfg: ExperimentConfig, data: PreparedData, device, results_di
         num_classes=num_classes, num_train=len(data.splits.train),
         noise_rate=(data.noise or {}).get("realized_rate", 0.0),
         clean_train_labels=data.clean_train_labels.to(device),
+        noise_transition=(data.noise or {}).get("transition"),
         results_dir=Path(results_dir) if results_dir is not None else None, experiment=cfg,
         distributed=distributed.current().enabled,
         estimate_noise_rate=_noise_rate_estimator(cfg, data, device, results_dir))

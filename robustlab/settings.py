@@ -92,6 +92,7 @@ class TrainConfig:
     nan_check_every: int = 50     # steps between (synchronizing) checks for a non-finite loss
     lookahead: LookaheadConfig = field(default_factory=LookaheadConfig)  # airbench's EMA weights; off by default
     drop_last: bool = False       # drop the last partial training batch (airbench does)
+    record_dynamics: bool = False  # per-sample loss and margin after every epoch -> dynamics.npz (robustlab.dynamics)
 
     def validate(self) -> None:
         require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")

@@ -73,6 +73,9 @@ def build_parser() -> Parser:
                         "if it was; options given alongside override the record's")
     x.add_argument("--print-config", action="store_true",
                    help="print the resolved config and run id as JSON and exit without running")
+    x.add_argument("--record-dynamics", action="store_true",
+                   help="after every epoch, each training image's loss and margin (float16) -> "
+                        "<out>/runs/<run_id>/dynamics.npz, and the AUM mislabel detector's AUROC in the record")
     x.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH",
                    help="continue from PATH, or from the run's last checkpoint under --out")
     add_data_args(p)
@@ -105,6 +108,8 @@ def apply_run_args(args, given: set[str], cfg: ExperimentConfig) -> None:
         cfg.data.noisy_val = False
     if "seed" in given:
         cfg.seed = args.seed
+    if "record_dynamics" in given and args.record_dynamics:
+        cfg.train.record_dynamics = True
     if "dataset" not in given:
         args.dataset = None  # keep the record's dataset
     apply_data_args(args, cfg.data)

@@ -12,7 +12,8 @@ strategy class (`presets`); --strategy-arg METHOD.KEY=VALUE overrides one. Valid
 the same noise as the training labels unless --clean-val. The table's noise_rate is the nominal
 rate given with --noise; label files (human:<set>, file) and their transition twins have none
 ("-"), their rate is realized_noise. Writes table.md/csv, runs.csv, noise_report.json and figures
-to --out.
+to --out, among them memorization.png (each noisy arm's per-sample training dynamics, clean vs
+mislabeled; --no-dynamics turns them off).
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from studies.skeleton import Results, Study, Table, run_study, seeds_of
 
 COLUMNS = ["arm", "noise_type", "noise_rate", "realized_noise", "test_acc_last", "test_acc_last10",
            "test_acc_val_selected", "headline", "test_acc_net1", "test_acc_net2", "test_acc_ensemble",
-           "label_precision", "label_recall", "test_acc_best_oracle", "wall_seconds"]
+           "label_precision", "label_recall", "aum_auroc", "test_acc_best_oracle", "wall_seconds"]
 KEYS = ["arm", "noise_type", "noise_rate"]
 
 
@@ -91,6 +92,7 @@ def table_row(run) -> dict:
             "test_acc_net1": m.get("test_net1_acc", m["test_acc"]) if two_nets else None,
             "test_acc_net2": m.get("test_net2_acc"), "test_acc_ensemble": m.get("test_ensemble_acc"),
             "label_precision": hist[-1].get("label_precision"), "label_recall": hist[-1].get("label_recall"),
+            "aum_auroc": (r.get("dynamics") or {}).get("aum_auroc"),
             "wall_seconds": r.get("wall_seconds")}
 
 
@@ -107,11 +109,20 @@ def table_note(runs, base: ExperimentConfig, args) -> str:
             f"label files, whose rate is realized_noise). Validation labels: {val}. Accuracies on the clean test split: last epoch, mean of "
             f"the last 10 epochs, and the epoch chosen on validation; for two-network methods that is the predictor "
             f"named in `headline` (net1/net2/ensemble listed apart). label_precision/recall: the last epoch's "
-            f"selection. test_acc_best_oracle picks the epoch on the test split (an oracle). {forget_rate_note(runs)}")
+            f"selection. test_acc_best_oracle picks the epoch on the test split (an oracle)."
+
+            f" aum_auroc: AUROC of the area under the margin as a detector of the mislabeled training images. "
+            f"{forget_rate_note(runs)}"
+            + (f" forward_t/backward_t correct the loss with T from {args.t_file}." if args.t_file else
+               " forward_t/backward_t correct the loss with the realised noise's T (an oracle)."
+               if {"forward_t", "backward_t"} & {r.config.strategy.name for r in runs} else ""))
 
 
-def plot_figures(res: Results) -> None:
+def plot_figures(res: Results, dynamics_epoch: int | None = None) -> None:
+    from studies.noisy_labels_plots import plot_memorization  # torch and matplotlib: only when plotting
+
     hist = history_rows(res.runs, lambda r: r.config.tag)
+    plot_memorization(res, dynamics_epoch)
     plot_curves(hist, "test_acc", "test_acc", res.dirs, "test accuracy", "Test accuracy per epoch")
     noisy = [r for r in res.runs if r.record.get("noise")]
     report = noisy[0].record["noise"] if noisy else None
@@ -156,6 +167,13 @@ def build_parser():
                         "(default): the realised rate")
     describe_preset_defaults(p, preset)
     describe_defaults(p, {"model": " / ".join(f"{preset(name).model} ({name})" for name in PRESETS)})
+    g.add_argument("--t-file", default=None, metavar="PATH",
+                   help="forward_t/backward_t: transition matrix T (.npy/.csv, rows true class) from this file "
+                        "(default: the realised noise's T, an oracle)")
+    g.add_argument("--no-dynamics", action="store_true",
+                   help="do not record per-sample loss and margin (dynamics.npz, the memorization figure, aum_auroc)")
+    g.add_argument("--dynamics-epoch", type=positive_int, default=None,
+                   help="epoch of the memorization figure's loss histogram (default: the last)")
     return p
 
 
@@ -201,7 +219,8 @@ def choose_methods(args) -> dict[str, StrategyConfig]:
     methods = {}
     for m in names:
         options = {**getattr(get_strategy(m), "presets", {}).get(args.preset, {}),
-                   **{k: v for k, v in (("num_gradual", args.num_gradual), ("forget_rate", args.forget_rate))
+                   **{k: v for k, v in (("num_gradual", args.num_gradual), ("forget_rate", args.forget_rate),
+                                        ("t_source", "file" if args.t_file else None), ("t_file", args.t_file))
                       if v is not None and k in config_fields(m)},
                    **user.get(m, {})}
         methods[f"noisy_{m}"] = StrategyConfig(m, options)
@@ -221,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     base = preset(args.preset)
     base.model = args.model or base.model
     base.data.noisy_val = not args.clean_val
+    base.train.record_dynamics = not args.no_dynamics
     apply_data_args(args, base.data)
     apply_train_args(args, base.train, base.augment)
     check_clean_val(base.data, args.clean_val)
@@ -231,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx = context_from_args(args, resume=args.resume)
     arms = build_arms(base, methods, noise, args.noise_type, args.seeds or [0])
     tables = lambda runs: [Table(COLUMNS, KEYS, "Noisy labels", table_note(runs, base, args))]  # noqa: E731
-    return run_study(Study(arms, table_row, tables, plot_figures), args, ctx)
+    figures = lambda res: plot_figures(res, args.dynamics_epoch)  # noqa: E731
+    return run_study(Study(arms, table_row, tables, figures), args, ctx)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ class BuildContext:
     num_train: int = 0                    # training-set size: per-sample state is indexed by 0..num_train-1
     noise_rate: float = 0.0               # realised label-noise rate of the training set (an oracle prior)
     clean_train_labels: torch.Tensor | None = None  # only to *measure* selection precision, never to train
+    noise_transition: Any = None          # (C, C) empirical T of the realised noise (rows clean, cols noisy): an oracle
     results_dir: Path | None = None       # where other runs of the study live (e.g. a pretrained encoder)
     experiment: Any = None                # the ExperimentConfig, for strategies that check other runs against it
     distributed: bool = False
