@@ -12,7 +12,7 @@ from torch import nn
 from robustlab.errors import UsageError
 from robustlab.models import create_model
 from robustlab.strategies import BuildContext, create_strategy, make_config
-from robustlab.strategies.gls import GLS, GLSConfig, gls_loss, warmup_share
+from robustlab.strategies.gls import GLS, OFFICIAL_SHARE, GLSConfig, gls_loss, warmup_length
 from coteach_helpers import FixedLogits
 
 
@@ -79,13 +79,21 @@ def test_warm_up_is_cross_entropy_then_gls_from_the_given_epoch():
 
 
 def test_presets_keep_the_official_warm_up_share_and_options_resolve():
-    assert [warmup_share(e) for e in (220, 20, 100, 10)] == [120, 11, 55, 5]
-    assert GLS.presets["quick"] == {"smooth_rate": -0.4, "warmup_epochs": 11}
-    assert GLS.presets["paper"]["warmup_epochs"] == 55 and GLS.presets["fast"]["warmup_epochs"] == 5
+    assert OFFICIAL_SHARE == 120 / 220
+    assert [warmup_length(e, 0, OFFICIAL_SHARE) for e in (220, 20, 100, 10, 2)] == [120, 11, 55, 5, 1]
+    assert warmup_length(20, 3) == 3 and warmup_length(20, 3, 0.5) == 10
+    for name in ("quick", "paper", "fast"):
+        assert GLS.presets[name] == {"smooth_rate": -0.4, "warmup_share": OFFICIAL_SHARE}
+    shared = GLS(nn.Linear(2, 2), -0.4, warmup_share=0.5)
+    shared.on_epoch_start(4, 10)
+    assert shared.epoch_metrics()["smooth_rate_now"] == 0.0
+    shared.on_epoch_start(5, 10)
+    assert shared.epoch_metrics()["smooth_rate_now"] == -0.4
     ctx = BuildContext(new_model=lambda: create_model("tiny_cnn", num_classes=10), num_classes=10, num_train=7)
     st = create_strategy("gls", context=ctx)
     assert (st.smooth_rate, st.warmup_epochs, st.wa, st.wb) == (0.1, 0, 0.0, 1.0)  # official defaults
-    assert st.options() == {"smooth_rate": 0.1, "warmup_epochs": 0, "wa": 0.0, "wb": 1.0}
+    assert st.options() == {"smooth_rate": 0.1, "warmup_epochs": 0, "warmup_share": None, "wa": 0.0, "wb": 1.0}
+    assert st.epoch_metrics()["smooth_rate_now"] == 0.1  # GLS from the start
     st = create_strategy("gls", context=ctx, smooth_rate=-6, warmup_epochs=3)
     assert (st.smooth_rate, st.warmup_epochs) == (-6.0, 3)
 
@@ -97,6 +105,9 @@ def test_bad_options_give_one_line_naming_the_option_and_range():
                          ({"smooth_rate": 1.5}, "smooth_rate must be in (-inf, 1), got 1.5"),
                          ({"smooth_rate": float("-inf")}, "smooth_rate must be in (-inf, 1), got -inf"),
                          ({"warmup_epochs": -1}, "warmup_epochs must be >= 0, got -1"),
+                         ({"warmup_share": 1.0}, "warmup_share must be in [0, 1), got 1.0"),
+                         ({"warmup_share": -0.1}, "warmup_share must be in [0, 1), got -0.1"),
+                         ({"warmup_share": 0.5, "warmup_epochs": 2}, "give warmup_epochs or warmup_share, not both"),
                          ({"wa": -1}, "wa and wb must be >= 0, got wa=-1.0, wb=1.0"),
                          ({"wb": -0.1}, "wa and wb must be >= 0, got wa=0.0, wb=-0.1"),
                          ({"wa": 0, "wb": 0}, "wa + wb must be > 0")):
@@ -105,7 +116,8 @@ def test_bad_options_give_one_line_naming_the_option_and_range():
         assert str(err.value) == f"strategy 'gls': {message}"
     for kwargs, message in (({"smooth_rate": 1.0}, "GLS smooth_rate must be in (-inf, 1), got 1.0"),
                             ({"smooth_rate": float("nan")}, "GLS smooth_rate must be in (-inf, 1), got nan"),
-                            ({"warmup_epochs": -2}, "GLS warmup_epochs must be >= 0, got -2")):
+                            ({"warmup_epochs": -2}, "GLS warmup_epochs must be >= 0, got -2"),
+                            ({"warmup_share": 1.0}, "GLS warmup_share must be in [0, 1), got 1.0")):
         with pytest.raises(UsageError) as err:
             GLS(nn.Linear(2, 2), **{"smooth_rate": 0.1, **kwargs})
         assert str(err.value) == message
@@ -115,12 +127,14 @@ def test_a_warm_up_that_leaves_no_gls_epoch_is_refused():
     exp = SimpleNamespace(train=SimpleNamespace(epochs=5))
     ctx = BuildContext(new_model=lambda: nn.Linear(2, 2), num_classes=2, num_train=3, experiment=exp)
     create_strategy("gls", context=ctx, warmup_epochs=4)
-    with pytest.raises(UsageError) as err:
-        create_strategy("gls", context=ctx, warmup_epochs=5)
-    assert str(err.value) == "gls warmup_epochs must be < the run's epochs (5), got 5"
+    create_strategy("gls", context=ctx, warmup_share=0.8)  # 4 of 5
+    for options in ({"warmup_epochs": 5}, {"warmup_share": 0.95}):
+        with pytest.raises(UsageError) as err:
+            create_strategy("gls", context=ctx, **options)
+        assert str(err.value) == "gls warm-up (5 epochs) must leave a GLS epoch: it must be < the run's epochs (5)"
     st = GLS(nn.Linear(2, 2), 0.1, warmup_epochs=3)
     st.on_epoch_start(0, 4)
-    with pytest.raises(UsageError, match=r"gls warmup_epochs must be < the run's epochs \(3\), got 3"):
+    with pytest.raises(UsageError, match=r"gls warm-up \(3 epochs\) must leave a GLS epoch: it must be < the run's epochs \(3\)"):
         st.on_epoch_start(0, 3)
 
 

@@ -29,6 +29,7 @@ from robustlab.strategies.registry import register_strategy
 
 # The official two-stage recipe: 120 warm-up epochs of 120 + 100.
 OFFICIAL_WARMUP, OFFICIAL_GLS = 120, 100
+OFFICIAL_SHARE = OFFICIAL_WARMUP / (OFFICIAL_WARMUP + OFFICIAL_GLS)
 
 
 def gls_loss(logits: torch.Tensor, y: torch.Tensor, smooth_rate: float, wa: float = 0.0, wb: float = 1.0) -> torch.Tensor:
@@ -39,15 +40,21 @@ def gls_loss(logits: torch.Tensor, y: torch.Tensor, smooth_rate: float, wa: floa
     return ((wa + wb * (1.0 - smooth_rate)) * nll + wb * smooth_rate * smooth).mean()
 
 
-def warmup_share(epochs: int) -> int:
-    """Warm-up epochs that keep the official share 120 / (120 + 100) of a run of `epochs` epochs."""
-    return round(epochs * OFFICIAL_WARMUP / (OFFICIAL_WARMUP + OFFICIAL_GLS))
+def warmup_length(epochs: int, warmup_epochs: int = 0, warmup_share: float | None = None) -> int:
+    """CE epochs of a run of `epochs` epochs: round(warmup_share * epochs) when a share is given
+    (the official one is 120 / 220), else warmup_epochs."""
+    return round(warmup_share * epochs) if warmup_share is not None else warmup_epochs
+
+
+def _check_warmup(warmup: int, epochs: int) -> None:
+    require(warmup < epochs, f"gls warm-up ({warmup} epochs) must leave a GLS epoch: it must be < the run's epochs ({epochs})")
 
 
 @dataclass
 class GLSConfig:
     smooth_rate: float = 0.1   # r in (-inf, 1): > 0 PLS, < 0 NLS (official default 0.1)
     warmup_epochs: int = 0     # cross-entropy epochs before GLS (official high-noise recipe: 120 of 220)
+    warmup_share: float | None = None  # or the warm-up as a share of the run's epochs (official 120/220 = 0.545)
     wa: float = 0.0            # weight of the plain loss (official default 0)
     wb: float = 1.0            # weight of the GLS loss (official default 1)
 
@@ -55,6 +62,9 @@ class GLSConfig:
         require(math.isfinite(self.smooth_rate) and self.smooth_rate < 1.0,
                 f"smooth_rate must be in (-inf, 1), got {self.smooth_rate}")
         require(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        require(self.warmup_share is None or 0 <= self.warmup_share < 1,
+                f"warmup_share must be in [0, 1), got {self.warmup_share}")
+        require(self.warmup_share is None or self.warmup_epochs == 0, "give warmup_epochs or warmup_share, not both")
         require(self.wa >= 0 and self.wb >= 0, f"wa and wb must be >= 0, got wa={self.wa}, wb={self.wb}")
         require(self.wa + self.wb > 0, "wa + wb must be > 0")
 
@@ -63,13 +73,14 @@ class GLSConfig:
 class GLS(Strategy):
     """GLS (Wei et al. 2022): label smoothing with a positive or negative rate, after a CE warm-up.
 
-    Epochs 0 .. warmup_epochs - 1 train with cross-entropy, the rest with the GLS loss; the
-    history records the rate in force (`smooth_rate_now`, 0 during the warm-up).
+    The first warm-up epochs (warmup_epochs, or round(warmup_share * epochs)) train with
+    cross-entropy, the rest with the GLS loss; the history records the rate in force
+    (`smooth_rate_now`, 0 during the warm-up).
 
     Presets for the noisy-label study scale the official two-stage recipe (120 CE + 100 GLS
-    epochs) to the run: the warm-up keeps its share 120/220 of the epochs (quick 20 -> 11,
-    paper 100 -> 55, fast 10 -> 5), and the rate is -0.4, one of the paper's candidates for
-    high noise rates (its grid is 0.8 .. -8).
+    epochs) to the run: warmup_share 120/220, so the warm-up keeps its share of the epochs
+    (quick 20 -> 11, paper 100 -> 55, fast 10 -> 5), and the rate is -0.4, one of the paper's
+    candidates for high noise rates (its grid is 0.8 .. -8; not tuned here).
 
     Deviations from the official code: the second stage continues from the last warm-up
     weights (the official one reloads the warm-up checkpoint with the best *test* accuracy) and
@@ -79,34 +90,35 @@ class GLS(Strategy):
     """
 
     Config = GLSConfig
-    presets: ClassVar[dict[str, dict]] = {
-        "quick": {"smooth_rate": -0.4, "warmup_epochs": warmup_share(20)},
-        "paper": {"smooth_rate": -0.4, "warmup_epochs": warmup_share(100)},
-        "fast": {"smooth_rate": -0.4, "warmup_epochs": warmup_share(10)},
-    }
+    presets: ClassVar[dict[str, dict]] = {name: {"smooth_rate": -0.4, "warmup_share": OFFICIAL_SHARE}
+                                          for name in ("quick", "paper", "fast")}
 
-    def __init__(self, model: nn.Module, smooth_rate: float, warmup_epochs: int = 0, wa: float = 0.0, wb: float = 1.0):
+    def __init__(self, model: nn.Module, smooth_rate: float, warmup_epochs: int = 0, wa: float = 0.0, wb: float = 1.0,
+                 warmup_share: float | None = None):
         super().__init__()
         require(math.isfinite(smooth_rate) and smooth_rate < 1.0,
                 f"GLS smooth_rate must be in (-inf, 1), got {smooth_rate}")
         require(warmup_epochs >= 0, f"GLS warmup_epochs must be >= 0, got {warmup_epochs}")
+        require(warmup_share is None or 0 <= warmup_share < 1, f"GLS warmup_share must be in [0, 1), got {warmup_share}")
         self.model = model
         self.smooth_rate, self.warmup_epochs, self.wa, self.wb = smooth_rate, warmup_epochs, wa, wb
-        self._in_gls = warmup_epochs == 0
+        self.warmup_share = warmup_share
+        self._in_gls = warmup_epochs == 0 and not warmup_share
 
     @classmethod
     def build(cls, config: GLSConfig, ctx):
         epochs = getattr(getattr(getattr(ctx, "experiment", None), "train", None), "epochs", None)
-        require(epochs is None or config.warmup_epochs < epochs,
-                f"gls warmup_epochs must be < the run's epochs ({epochs}), got {config.warmup_epochs}")
-        strategy = cls(ctx.new_model(), config.smooth_rate, config.warmup_epochs, config.wa, config.wb)
+        if epochs is not None:
+            _check_warmup(warmup_length(epochs, config.warmup_epochs, config.warmup_share), epochs)
+        strategy = cls(ctx.new_model(), config.smooth_rate, config.warmup_epochs, config.wa, config.wb,
+                       config.warmup_share)
         strategy.config = config
         return strategy
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
-        require(self.warmup_epochs < num_epochs,
-                f"gls warmup_epochs must be < the run's epochs ({num_epochs}), got {self.warmup_epochs}")
-        self._in_gls = epoch >= self.warmup_epochs
+        warmup = warmup_length(num_epochs, self.warmup_epochs, self.warmup_share)
+        _check_warmup(warmup, num_epochs)
+        self._in_gls = epoch >= warmup
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if not self._in_gls:
