@@ -94,7 +94,8 @@ class CORES(Strategy):
     Deviations from the official code: phase 2 (semi-supervised training on the sieved data,
     phase2/) is not part of this strategy; the noisy-label prior is counted from the first
     epoch's batches (the official one is computed from the dataset; they agree unless the loader
-    drops its last partial batch, and under DDP the counts are rank 0's shard); the official
+    drops its last partial batch; under DDP, whose buffer broadcast keeps rank 0's buffers, the
+    counts and scores are rank 0's shard); the official
     recipe (SGD without momentum, batch 64, lr 0.1 then 0.01 after 50 epochs, ResNet-34) is the run's own.
     """
 

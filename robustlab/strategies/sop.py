@@ -123,8 +123,11 @@ class SOP(Strategy):
     Deviations from the official code: SOP+'s second view is the run's augmentation plus Cutout
     (the official one is AutoAugment's CIFAR-10 policy + crop + flip + Cutout 16; robustlab has no
     AutoAugment); the u/v step is taken during the backward pass instead of after the network's
-    step (they are independent variables, so the result is the same); under DDP each rank's
-    u/v rows are gathered and applied on every rank (the official code is single-GPU).
+    step (they are independent variables, so the result is the same); SOP+'s views are drawn
+    without the dataset indices, so an alternating flip (the fast recipe's) becomes a random
+    flip, and a custom augmentation without a Cutout option gives two draws of itself; under
+    DDP each rank's u/v rows are gathered in the backward pass and applied on every rank (the
+    official code is single-GPU; not exercised by the tests).
     """
 
     Config = SOPConfig
