@@ -120,6 +120,11 @@ class SOP(Strategy):
     Cutout 16. The official network recipe (SGD lr 0.02, momentum 0.9, weight decay 5e-4 / 1e-3,
     cosine over 300 epochs, PreAct ResNet-18, batch 128) is the run's own here (see `presets`).
 
+    Short runs: each sample's u, v take one step per epoch and start at 1e-8, so they grow by a
+    roughly constant factor per epoch (about 2-3 for a mislabeled sample with lr_u 10 and batch
+    128) and only reach the prediction after 15-20 epochs; on a 6-epoch run SOP trained exactly
+    as CE did (measured), and the fast preset (10 epochs) keeps the official values, untuned.
+
     Deviations from the official code: SOP+'s second view is the run's augmentation plus Cutout
     (the official one is AutoAugment's CIFAR-10 policy + crop + flip + Cutout 16; robustlab has no
     AutoAugment); the u/v step is taken during the backward pass instead of after the network's
