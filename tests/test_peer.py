@@ -171,3 +171,11 @@ def test_learns_and_resumes_exactly(tmp_path):
     a, b = full.state_dict(), resumed.state_dict()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_build_passes_every_option_and_alpha_is_known_before_the_first_epoch():
+    ctx = BuildContext(new_model=lambda: nn.Linear(2, 2), num_classes=2, num_train=3)
+    st = create_strategy("peer", context=ctx, alpha=2, lr_divide=False)
+    assert (st.alpha, st.lr_divide) == (2.0, False) and st.options() == {"alpha": 2.0, "lr_divide": False}
+    assert st.epoch_metrics() == {"peer_alpha": 2.0}
+    assert PeerLoss(nn.Linear(2, 2)).epoch_metrics() == {"peer_alpha": 0.0}  # the schedule starts at 0
