@@ -18,7 +18,9 @@ A strategy plugs into the engine through class attributes and hooks:
 - `needs_train_pass`: `on_train_pass(epoch, loader)` is called before each epoch with the whole
   (noisy) training set, unaugmented, in a fixed order (DivideMix's per-sample-loss GMM);
 - `on_epoch_start`, `epoch_metrics`, `extra_predictors`: per-epoch state, logged numbers and
-  extra networks to evaluate.
+  extra networks to evaluate;
+- `after_step`: called after every optimizer step, before the LR schedule steps (weight
+  averages of the updated weights, e.g. ELR+'s mean-teacher copies).
 """
 from __future__ import annotations
 
@@ -89,6 +91,10 @@ class Strategy(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, epoch: int) -> StepOutput:
         """A training step, so that DistributedDataParallel can wrap the whole strategy."""
         return self.train_step(x, y, idx, epoch)
+
+    def after_step(self) -> None:
+        """Called after every optimizer step (the weights are the updated ones), before the LR
+        schedule and the lookahead step."""
 
     def epoch_metrics(self) -> dict[str, float]:
         """Extra per-epoch numbers for the history (e.g. Co-Teaching's label precision)."""
