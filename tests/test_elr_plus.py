@@ -61,7 +61,8 @@ class OfficialELRPlusLossPort(nn.Module):
 
     def update_hist(self, epoch, out, index=None, mix_index=..., mixup_l=1):
         y_pred_ = F.softmax(out, dim=1)
-        self.pred_hist[index] = self.beta * self.pred_hist[index] + (1 - self.beta) * y_pred_ / (y_pred_).sum(dim=1, keepdim=True)
+        self.pred_hist[index] = self.beta * self.pred_hist[index] + \
+            (1 - self.beta) * y_pred_ / (y_pred_).sum(dim=1, keepdim=True)
         self.q = mixup_l * self.pred_hist[index] + (1 - mixup_l) * self.pred_hist[index][mix_index]
 
 
@@ -212,7 +213,8 @@ def test_step_trains_both_networks_their_own_views_and_no_average(monkeypatch):
 def test_counter_drives_the_lambda_ramp_and_needs_two_views(monkeypatch):
     st = _strategy(4, num_train=6, lam=2.0, coef_step=4)
     weights = []
-    monkeypatch.setattr(elr_plus_module, "elr_plus_loss", lambda logits, t, q, weight, wl: weights.append(weight) or logits.sum() * 0)
+    monkeypatch.setattr(elr_plus_module, "elr_plus_loss",
+                        lambda logits, t, q, weight, wl: weights.append(weight) or logits.sum() * 0)
     x, y, idx = torch.randn(2, 2, 1, 2, 3), torch.tensor([0, 1]), torch.tensor([0, 1])
     st.on_epoch_start(0, 1)
     for _ in range(3):

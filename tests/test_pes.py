@@ -14,24 +14,58 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustlab.data import AugmentConfig, BatchAugment, DeviceLoader, Normalize
+from robustlab.data.augment import MultiView
 from robustlab.engine import TrainConfig, fit
 from robustlab.errors import UsageError
 from robustlab.models import create_model
 from robustlab.schedules import OptimConfig
 from robustlab.strategies import BuildContext, create_strategy, make_config
+from robustlab.strategies import pes as pes_module
 from robustlab.strategies.pes import PES, PESConfig, check_stages, class_weights, layer_groups, reinitialise
 
 
 # ---- port of the official class weights (tmllab/2021_NeurIPS_PES, PES_cs.py update_trainloader) --
 
-def official_class_weights_port(confident_noisy_targets, num_class):
+def official_class_weights_port(confident_noisy_targets, num_class, semi=False):
     train_nums = np.zeros(num_class, dtype=int)
     for item in confident_noisy_targets:
         train_nums[item] += 1
     with np.errstate(divide='ignore'):
         cw = np.mean(train_nums[train_nums != 0]) / train_nums
         cw[cw == np.inf] = 0
+        if semi:  # PES_semi.py update_trainloader
+            cw[cw > 3] = 3
     return torch.FloatTensor(cw)
+
+
+def official_mixmatch_loss_port(net, inputs_x, inputs_x2, targets_x, inputs_u, inputs_u2, class_weights, T, lam, idx,
+                                rampup_weight, num_class):
+    """PES_semi.py MixMatch_train, one batch, with the Beta draw `lam`, the permutation `idx` and
+    linear_rampup(...) = `rampup_weight` given."""
+    batch_size = inputs_x.size(0)
+    targets_x = torch.zeros(batch_size, num_class).scatter_(1, targets_x.view(-1, 1), 1)
+    with torch.no_grad():
+        outputs_u11 = net(inputs_u)
+        outputs_u12 = net(inputs_u2)
+        pu = (torch.softmax(outputs_u11, dim=1) + torch.softmax(outputs_u12, dim=1)) / 2
+        ptu = pu**(1 / T)
+        targets_u = ptu / ptu.sum(dim=1, keepdim=True)
+        targets_u = targets_u.detach()
+    all_inputs = torch.cat([inputs_x, inputs_x2, inputs_u, inputs_u2], dim=0)
+    all_targets = torch.cat([targets_x, targets_x, targets_u, targets_u], dim=0)
+    input_a, input_b = all_inputs, all_inputs[idx]
+    target_a, target_b = all_targets, all_targets[idx]
+    mixmatch_l = max(lam, 1 - lam)
+    mixed_input = mixmatch_l * input_a + (1 - mixmatch_l) * input_b
+    mixed_target = mixmatch_l * target_a + (1 - mixmatch_l) * target_b
+    logits = net(mixed_input)
+    logits_x = logits[:batch_size * 2]
+    logits_u = logits[batch_size * 2:]
+    Lx_mean = -torch.mean(F.log_softmax(logits_x, dim=1) * mixed_target[:batch_size * 2], 0)
+    Lx = torch.sum(Lx_mean * class_weights)
+    probs_u = torch.softmax(logits_u, dim=1)
+    Lu = torch.mean((probs_u - mixed_target[batch_size * 2:])**2)
+    return Lx + rampup_weight * Lu
 
 
 # ---- helpers -----------------------------------------------------------------------------------
@@ -112,7 +146,8 @@ def test_a_model_may_name_its_groups_and_models_without_groups_are_refused():
             super().__init__()
             self.fc = nn.Linear(3, 2)
 
-    with pytest.raises(UsageError, match=r"^PES needs the model's layer groups: Headless has neither layer_groups\(\) nor a head$"):
+    message = r"^PES needs the model's layer groups: Headless has neither layer_groups\(\) nor a head$"
+    with pytest.raises(UsageError, match=message):
         layer_groups(Headless())
 
     class OneBlock(nn.Module):
@@ -297,9 +332,14 @@ def test_stage_four_loss_is_class_weighted_ce_on_the_confident_samples():
 # ---- options, presets and bad input -------------------------------------------------------------
 
 def test_official_defaults_and_presets():
-    assert _pes("tiny_cnn", classes=10).options() == {"t1": 25, "t2": 7, "t3": 7, "blocks": 1}
+    semi_defaults = {"semi": False, "lambda_u": 150.0, "temperature": 0.5, "alpha": 4.0, "rampup_epochs": 16.0}
+    assert _pes("tiny_cnn", classes=10).options() == {"t1": 25, "t2": 7, "t3": 7, "blocks": 1, **semi_defaults}
     assert _pes("tiny_cnn", classes=100).options()["t1"] == 30
     assert _pes("tiny_cnn", classes=100, t1=3).options()["t1"] == 3
+    semi = _pes("tiny_cnn", classes=10, semi=True)
+    assert semi.options() == {"t1": 30, "t2": 0, "t3": 5, "blocks": 1, **semi_defaults, "semi": True}
+    assert semi.views == 2 and _pes("tiny_cnn").views == 1
+    assert _pes("tiny_cnn", semi=True, t2=2, t3=1).options()["t2"] == 2
     assert PES.presets == {"quick": {"t1": 6, "t2": 3, "t3": 2}, "paper": {}, "fast": {"t1": 3, "t2": 2, "t3": 1}}
     assert PES.needs_train_pass and PES.unused_parameters
 
@@ -309,6 +349,12 @@ def test_official_defaults_and_presets():
     ({"t2": -1}, "t2 must be >= 0 epochs, got -1"),
     ({"t3": -2}, "t3 must be >= 0 epochs, got -2"),
     ({"blocks": 0}, "blocks must be >= 1, got 0"),
+    ({"lambda_u": -1}, "lambda_u must be >= 0, got -1.0"),
+    ({"lambda_u": float("inf")}, "lambda_u must be >= 0, got inf"),
+    ({"temperature": 0}, "temperature must be > 0, got 0.0"),
+    ({"alpha": 0}, "alpha must be > 0, got 0.0"),
+    ({"rampup_epochs": 0}, "rampup_epochs must be > 0, got 0.0"),
+    ({"rampup_epochs": float("inf")}, "rampup_epochs must be > 0, got inf"),
 ])
 def test_config_bounds_and_exact_messages(bad, message):
     with pytest.raises(UsageError) as err:
@@ -335,13 +381,14 @@ def test_stages_that_do_not_fit_the_epochs_are_one_line():
 
     ctx = BuildContext(new_model=lambda: create_model("tiny_cnn", num_classes=10), num_classes=10, num_train=4,
                        experiment=Experiment())
-    with pytest.raises(UsageError, match=r"^pes stages t1 \+ t2 \+ t3 = 25 \+ 7 \+ 7 = 39 epochs do not fit the run's 12 epochs"):
+    with pytest.raises(UsageError, match=r"^pes stages t1 \+ t2 \+ t3 = 25 \+ 7 \+ 7 = 39 epochs do not fit the run's 12 "):
         create_strategy("pes", context=ctx)
     assert create_strategy("pes", context=ctx, t1=5, t2=4, t3=3).t1 == 5
 
 
 def test_blocks_must_leave_a_block_frozen():
-    with pytest.raises(UsageError, match=r"^blocks must be in \[1, 1\] for SmallCNN \(the t2 stage keeps at least its first of 2 blocks\), got 2$"):
+    message = r"^blocks must be in \[1, 1\] for SmallCNN \(the t2 stage keeps at least its first of 2 blocks\), got 2$"
+    with pytest.raises(UsageError, match=message):
         _pes("tiny_cnn", blocks=2)
     assert _pes("small_cnn", blocks=2).blocks == 2
     with pytest.raises(UsageError, match="num_train"):
@@ -368,8 +415,8 @@ class InterruptAt(DeviceLoader):
         super().set_epoch(epoch)
 
 
-@pytest.mark.parametrize("stop", [1, 2, 4])  # before stage 2's re-initialisation, stage 3's, and inside stage 4
-def test_fit_runs_every_stage_and_resume_is_bit_exact(tmp_path, stop):
+@pytest.mark.parametrize("stop,semi", [(1, False), (2, False), (4, False), (4, True)])  # before stage 2's and 3's
+def test_fit_runs_every_stage_and_resume_is_bit_exact(tmp_path, stop, semi):  # re-initialisation, inside stage 4
     n = 96
     images, clean = _toy(n + 40)
     g = torch.Generator().manual_seed(1)
@@ -377,6 +424,8 @@ def test_fit_runs_every_stage_and_resume_is_bit_exact(tmp_path, stop):
     noisy = torch.where(flipped, (clean[:n] + torch.randint(1, 4, (n,), generator=g)) % 4, clean[:n])
     mean, std = (0.5,) * 3, (0.25,) * 3
     augment = BatchAugment(AugmentConfig(crop_pad=1, flip=True), mean, std)
+    if semi:
+        augment = MultiView(augment, 2)
     whole = DeviceLoader(images[:n], noisy, 48, Normalize(mean, std), shuffle=False)
     test = DeviceLoader(images[n:], clean[n:], 40, Normalize(mean, std), shuffle=False)
     cfg = TrainConfig(epochs=6, batch_size=32, tta="none",
@@ -386,7 +435,7 @@ def test_fit_runs_every_stage_and_resume_is_bit_exact(tmp_path, stop):
         torch.manual_seed(seed)
         ctx = BuildContext(new_model=lambda: create_model("tiny_cnn", num_classes=4), num_classes=4, num_train=n,
                            clean_train_labels=clean[:n])
-        return create_strategy("pes", context=ctx, t1=2, t2=1, t3=1)
+        return create_strategy("pes", context=ctx, t1=2, t2=1, t3=1, semi=semi, lambda_u=5.0, rampup_epochs=1.0)
 
     full = make(0)
     result = fit(full, DeviceLoader(images[:n], noisy, 32, augment, seed=0), cfg, test_loader=test,
@@ -427,7 +476,8 @@ def test_runs_end_to_end_in_the_noisy_label_study(cifar10, cifar10_dir, session_
     rows = {r["arm"]: r for r in csv.DictReader(open(out / "table.csv"))}
     record = next(json.loads(p.read_text()) for p in (out / "records").glob("*.json")
                   if json.loads(p.read_text())["config"]["tag"] == "noisy_pes")
-    assert record["strategy_options"] == {"t1": 6, "t2": 3, "t3": 2, "blocks": 1}
+    assert {k: record["strategy_options"][k] for k in ("t1", "t2", "t3", "blocks", "semi")} == {
+        "t1": 6, "t2": 3, "t3": 2, "blocks": 1, "semi": False}
     hist = record["history"]
     assert len(hist) == 12 and "label_precision" in hist[-1] and "label_precision" not in hist[-2]
     assert float(rows["noisy_pes"]["label_precision"]) == pytest.approx(hist[-1]["label_precision"])
@@ -444,3 +494,69 @@ def test_study_with_too_few_epochs_for_the_stages_exits_2(cifar10, cifar10_dir, 
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pes stages t1 + t2 + t3 = 6 + 3 + 2 = 11 epochs do not fit the run's 5 epochs" in err[0]
+
+
+# ---- PES-semi -----------------------------------------------------------------------------------
+
+class Lin(nn.Module):
+    def __init__(self, classes=3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, classes)
+
+    def forward(self, x):
+        return self.head(self.b(self.a(x.flatten(1))))
+
+
+def test_semi_class_weights_are_capped_at_three_as_the_official_port():
+    labels = np.array([0] * 9 + [1] + [2] * 2)  # counts 9, 1, 2: mean 4, weights 4/9, 4 -> 3, 2
+    got = class_weights(torch.tensor(labels), 3, cap=3.0)
+    assert torch.allclose(got, official_class_weights_port(labels, 3, semi=True))
+    assert torch.allclose(got, torch.tensor([4 / 9, 3.0, 2.0]))
+
+
+def test_semi_mixmatch_loss_matches_the_official_port(monkeypatch):
+    st = PES(Lin(), num_train=6, num_classes=3, t1=1, t2=0, t3=0, semi=True, lambda_u=7.0, temperature=0.5,
+             rampup_epochs=2.0)
+    st.confident.copy_(torch.tensor([True, False, True, True, False, False]))
+    st.class_weight.copy_(torch.tensor([0.5, 3.0, 1.0]))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 2, 1, 2, 2, generator=g), torch.tensor([0, 2, 1, 0, 1, 1])
+    idx = torch.tensor([3, 1, 0, 5, 2, 4])  # confident: rows 0, 2, 4 (samples 3, 0, 2)
+    alphas = []
+    monkeypatch.setattr(pes_module, "mixup_lambda", lambda alpha: alphas.append(alpha) or 0.7)
+    st.on_epoch_start(2, 10)
+    st._seen = 3  # half of epoch 2 done: progress 2.5, lambda_u * clip((2.5 - 1) / 2, 0, 1)
+    torch.manual_seed(5)
+    out = st.train_step(x, y, idx, 2)
+    torch.manual_seed(5)
+    perm = torch.randperm(12)  # both views of 3 labeled and 3 unlabeled samples
+    lab, unl = [0, 2, 4], [1, 3, 5]
+    expected = official_mixmatch_loss_port(st.model, x[lab, 0], x[lab, 1], y[lab], x[unl, 0], x[unl, 1],
+                                           st.class_weight, 0.5, 0.7, perm, 7.0 * 0.75, 3)
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert alphas == [4.0] and st._seen == 9
+    st.on_epoch_start(5, 10)  # from half the run on, alpha 0.75
+    st.train_step(x, y, idx, 5)
+    assert alphas[-1] == 0.75
+    out.loss.backward()
+    assert all(p.grad is not None for p in st.model.parameters())
+
+
+def test_semi_ramp_and_empty_parts(monkeypatch):
+    st = PES(Lin(), num_train=4, num_classes=3, t1=2, t2=1, t3=1, semi=True, lambda_u=10.0, rampup_epochs=4.0)
+    st.on_epoch_start(4, 20)
+    assert [st.unlabeled_weight(4, 2), st.unlabeled_weight(4, 2)] == [0.0, 10.0 * 0.5 / 4]
+    st.on_epoch_start(9, 20)
+    assert st.unlabeled_weight(9, 4) == 10.0
+    x, y, idx = torch.randn(4, 2, 1, 2, 2), torch.tensor([0, 1, 2, 0]), torch.arange(4)
+    st.confident.fill_(True)  # no unlabeled part: Lx alone
+    out = st.train_step(x, y, idx, 5)
+    assert out.logits.shape == (8, 3) and out.loss.requires_grad
+    st.confident.fill_(False)  # no labeled part: Lu alone, no train-accuracy rows
+    out = st.train_step(x, y, idx, 5)
+    assert out.logits.shape == (0, 3) and out.loss.requires_grad
+    out.loss.backward()
+    with pytest.raises(UsageError, match=r"^PES-semi needs two augmented views per sample"):
+        st.train_step(torch.randn(4, 1, 2, 2), y, idx, 0)
+    assert st.train_step(x, y, idx, 0).logits.shape == (4, 3)  # stages 1-3 train on the first view

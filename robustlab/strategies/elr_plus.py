@@ -47,6 +47,8 @@ Deviations from the official code:
   `ema_step` shortens the CIFAR-100 regulariser ramp with it. `weighted_labels` left unset is on
   for >= 100 classes (official: exactly 100).
 - The official warm-up option (CE epochs before ELR+, 0 in every CIFAR config) is not implemented.
+- With a recipe that uses lookahead weights (the fast preset's airbench recipe), the averaged
+  copies are part of the strategy and are lookahead-averaged like the trained networks.
 - Under DDP the memory updates of all ranks are gathered and applied on every rank (the official
   code runs each network on its own GPU, one process each).
 """
@@ -122,7 +124,7 @@ class ELRPlusConfig:
     ema_step: int = EMA_STEP        # batches of the sigmoid ramp-up of the averaging decay
     coef_step: int | None = None    # batches of the sigmoid ramp-up of lambda; None = 0 (10 classes) / ema_step (100)
     mixup_alpha: float = MIXUP_ALPHA  # Beta(a, a) of mixup; 0 = no mixup
-    weighted_labels: bool | None = None  # multiply the mixed label by the target (official for 100 classes); None = by class count
+    weighted_labels: bool | None = None  # mixed label times target (official for 100 classes); None = by class count
 
     def validate(self) -> None:
         require(self.beta is None or 0.0 <= self.beta < 1.0, f"beta must be in [0, 1), got {self.beta}")
@@ -136,7 +138,7 @@ class ELRPlusConfig:
 
 @register_strategy("elr_plus")
 class ELRPlus(Strategy):
-    """ELR+ (Liu et al. 2020): two networks with mixup, each regularised toward the per-sample target its peer's weight average predicts.
+    """ELR+ (Liu et al. 2020): two mixup-trained networks, each regularised toward targets from its peer's weight average.
 
     See the module docstring for the method, the official constants and every deviation."""
 
