@@ -66,6 +66,10 @@ Deviations from the official code:
   the softmax over two augmented views), and stage-4 batches are the run's batches restricted to
   their confident samples (the official loader holds only confident samples, 128 a batch, dropping
   the last); a batch without confident samples contributes a zero loss.
+- With a recipe that uses lookahead weights (the fast preset's airbench recipe), the lookahead
+  average still covers every parameter: frozen groups follow it (w <- average at each epoch end)
+  and re-initialised ones are pulled toward their pre-re-initialisation average, so "frozen" means
+  no gradient step, not constant weights, there.
 - PES-semi: each batch of the run's single loader is split into its labeled and unlabeled
   samples (the official code draws them from two loaders, the unlabeled share of a batch set by
   the split's proportions, 50000 / 128 batches an epoch), so an epoch visits every sample once and
