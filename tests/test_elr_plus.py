@@ -225,8 +225,9 @@ def test_counter_drives_the_lambda_ramp_and_needs_two_views(monkeypatch):
     st.on_epoch_start(1, 2)
     st.train_step(x, y, idx, 1)
     assert int(st.iteration) == 11 and weights[-1] == 2.0
-    with pytest.raises(UsageError, match=r"^ELR\+ needs two augmented views per sample: x of shape \(N, 2, C, H, W\)$"):
-        st.train_step(torch.randn(2, 6), y, idx, 0)
+    for bad in (torch.randn(2, 6), torch.randn(2, 1, 1, 2, 3), torch.randn(2, 2, 6)):
+        with pytest.raises(UsageError, match=r"^ELR\+ needs two augmented views per sample: x of shape \(N, 2, C, H, W\)$"):
+            st.train_step(bad, y, idx, 0)
     fresh = _strategy(4, num_train=6)
     a = [p.clone() for p in fresh.average1.parameters()]
     fresh.after_step()  # nothing trained yet: nothing to average

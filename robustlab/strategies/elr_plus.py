@@ -166,7 +166,7 @@ class ELRPlus(Strategy):
         self.register_buffer("target1", torch.zeros(num_train, num_classes))
         self.register_buffer("target2", torch.zeros(num_train, num_classes))
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
-        self._it: int | None = None  # host copy of `iteration`, read once an epoch
+        self._it: int | None = None  # host copy of `iteration`, read at the first batch of an epoch
 
     @classmethod
     def build(cls, config: ELRPlusConfig, ctx):
@@ -186,7 +186,7 @@ class ELRPlus(Strategy):
     # ---- training ----------------------------------------------------------------------------
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
-        self._it = int(self.iteration)
+        self._it = None  # re-read from the buffer at the first batch (a loaded checkpoint may have changed it)
 
     def network_loss(self, net: nn.Module, peer_average: nn.Module, target: torch.Tensor, x: torch.Tensor,
                      y: torch.Tensor, idx: torch.Tensor, weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
