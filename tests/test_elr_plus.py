@@ -124,7 +124,10 @@ def test_loss_by_hand_without_mixing():
     w = torch.tensor([[0.8, 0.2], [0.5, 0.5]])  # the renormalised y * q
     ce_w = -(w * F.log_softmax(logits, 1)).sum(1).mean().item()
     assert elr_plus_loss(logits, soft, q, 0.0, True).item() == pytest.approx(ce_w, rel=1e-6)
-    # the clamp: a saturated prediction and target give log(1 - (1 - 1e-4)), not log(0)
+    # the lower clamp: a class predicted ~0 but fully in the target still counts 1e-4
+    low = elr_plus_loss(torch.tensor([[-50.0, 50.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]]), 1.0, False)
+    assert low.item() == pytest.approx(math.log(1 - 1e-4), abs=1e-7)
+    # the upper clamp: a saturated prediction and target give log(1 - (1 - 1e-4)), not log(0)
     sat = torch.tensor([[100.0, -100.0]])
     assert elr_plus_loss(sat, torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0]]), 1.0, False).item() == \
         pytest.approx(math.log(1e-4), rel=1e-3)
