@@ -536,6 +536,9 @@ def test_semi_mixmatch_loss_matches_the_official_port(monkeypatch):
                                            st.class_weight, 0.5, 0.7, perm, 7.0 * 0.75, 3)
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert alphas == [4.0] and st._seen == 9
+    st.on_epoch_start(4, 10)  # before half the run: still alpha
+    st.train_step(x, y, idx, 4)
+    assert alphas[-1] == 4.0
     st.on_epoch_start(5, 10)  # from half the run on, alpha 0.75
     st.train_step(x, y, idx, 5)
     assert alphas[-1] == 0.75
