@@ -563,3 +563,27 @@ def test_semi_ramp_and_empty_parts(monkeypatch):
     with pytest.raises(UsageError, match=r"^PES-semi needs two augmented views per sample"):
         st.train_step(torch.randn(4, 1, 2, 2), y, idx, 0)
     assert st.train_step(x, y, idx, 0).logits.shape == (4, 3)  # stages 1-3 train on the first view
+
+
+def _onehot_table(predictions, classes=3):
+    return F.one_hot(torch.tensor(predictions), classes).float().mul(3.0).tolist()
+
+
+def test_train_pass_caps_the_class_weights_only_with_semi():
+    labels = torch.tensor([0] * 9 + [1] + [2] * 2)  # all predicted as labelled: counts 9, 1, 2, mean 4
+    x = torch.arange(12).float().view(12, 1, 1, 1)
+    loader = [(x, labels, torch.arange(12))]
+    plain = PES(Fixed(_onehot_table(labels.tolist())), num_train=12, num_classes=3, t1=1, t2=0, t3=0)
+    plain.on_train_pass(1, loader)
+    assert torch.allclose(plain.class_weight, torch.tensor([4 / 9, 4.0, 2.0]))
+    semi = PES(Fixed(_onehot_table(labels.tolist())), num_train=12, num_classes=3, t1=1, t2=0, t3=0, semi=True)
+    semi.on_train_pass(1, loader)
+    assert torch.allclose(semi.class_weight, torch.tensor([4 / 9, 3.0, 2.0]))
+
+
+def test_selection_metrics_with_a_single_kept_and_a_single_clean_sample():
+    clean = torch.tensor([0, 2, 2])
+    st = PES(Fixed(_onehot_table([0, 0, 0])), num_train=3, num_classes=3, t1=1, t2=0, t3=0, clean_labels=clean)
+    x = torch.arange(3).float().view(3, 1, 1, 1)
+    st.on_train_pass(1, [(x, torch.tensor([0, 1, 1]), torch.arange(3))])  # keeps sample 0 only, the one clean label
+    assert st.epoch_metrics() == pytest.approx({"clean_fraction": 1 / 3, "label_precision": 1.0, "label_recall": 1.0})
