@@ -282,8 +282,11 @@ def test_config_bounds_and_exact_messages(bad, message):
 
 def test_constructor_needs_the_training_set_size_and_two_classes():
     nets = [Linear() for _ in range(4)]
-    with pytest.raises(UsageError, match="num_train"):
+    with pytest.raises(UsageError, match=r"^ELR\+ needs the training-set size \(num_train\) for its per-sample targets$"):
         ELRPlus(*nets, 0, 4, 0.7, 3.0)
+    one = ELRPlus(*nets, 1, 4, 0.7, 3.0)  # one sample is enough; the constructor's defaults are CIFAR-10's
+    assert one.target1.shape == (1, 4) and (one.coef_step, one.weighted_labels) == (0, False)
+    assert (one.ema_alpha, one.ema_step, one.mixup_alpha) == (0.997, 40000, 1.0)
     with pytest.raises(UsageError, match="needs >= 2 classes, got 1"):
         ELRPlus(*nets, 5, 1, 0.7, 3.0)
 
