@@ -287,6 +287,8 @@ def test_constructor_needs_the_training_set_size_and_two_classes():
     one = ELRPlus(*nets, 1, 4, 0.7, 3.0)  # one sample is enough; the constructor's defaults are CIFAR-10's
     assert one.target1.shape == (1, 4) and (one.coef_step, one.weighted_labels) == (0, False)
     assert (one.ema_alpha, one.ema_step, one.mixup_alpha) == (0.997, 40000, 1.0)
+    assert one.iteration.dtype == torch.long and one.iteration.shape == ()  # an exact batch count
+    assert ELRPlus(*nets, 3, 2, 0.7, 3.0).target2.shape == (3, 2)  # two classes are enough
     with pytest.raises(UsageError, match="needs >= 2 classes, got 1"):
         ELRPlus(*nets, 5, 1, 0.7, 3.0)
 
