@@ -246,9 +246,15 @@ def test_zero_length_stages_are_skipped():
     assert [st.stage(e) for e in range(4)] == [1, 3, 3, 4]
     x, y = torch.randn(4, 3, 8, 8), torch.arange(4)
     st.train()
-    _begin(st, 1, 4)
+    before = {n: p.detach().clone() for n, p in st.model.named_parameters()}
+    _begin(st, 1, 4)  # stage 3 starts at t1: only the head is re-initialised
+    assert all(torch.equal(p, before[n]) != n.startswith("head.") for n, p in st.model.named_parameters())
     assert _graded(st, x, y, 1) == {"head.weight", "head.bias"}
     st2 = _pes("small_cnn", num_train=8, t1=1, t2=1, t3=0, blocks=2)
+    _begin(st2, 1, 4)
+    head = st2.model.head.weight.detach().clone()
+    _begin(st2, 2, 4)  # no stage 3: stage 4 re-initialises nothing
+    assert torch.equal(st2.model.head.weight, head)
     _begin(st2, 1, 4)
     assert {n for n, p in st2.model.named_parameters() if p.requires_grad} == {
         "features.4.weight", "features.5.weight", "features.5.bias", "features.8.weight", "features.9.weight",
@@ -370,6 +376,9 @@ def test_stages_that_do_not_fit_the_epochs_are_one_line():
         check_stages(25, 7, 7, 20)
     assert str(err.value) == message
     check_stages(25, 7, 7, 39)  # the stages may fill the run
+    for stages in ((1, 1, 3), (1, 3, 1), (3, 1, 1)):  # each stage counts
+        with pytest.raises(UsageError):
+            check_stages(*stages, 4)
     st = _pes("tiny_cnn", classes=10)
     with pytest.raises(UsageError, match=r"^pes stages .* do not fit the run's 20 epochs"):
         st.on_epoch_start(0, 20)
@@ -560,9 +569,12 @@ def test_semi_ramp_and_empty_parts(monkeypatch):
     out = st.train_step(x, y, idx, 5)
     assert out.logits.shape == (0, 3) and out.loss.requires_grad
     out.loss.backward()
-    with pytest.raises(UsageError, match=r"^PES-semi needs two augmented views per sample"):
-        st.train_step(torch.randn(4, 1, 2, 2), y, idx, 0)
-    assert st.train_step(x, y, idx, 0).logits.shape == (4, 3)  # stages 1-3 train on the first view
+    for bad in (torch.randn(4, 1, 2, 2), torch.randn(4, 1, 1, 2, 2)):
+        with pytest.raises(UsageError, match=r"^PES-semi needs two augmented views per sample"):
+            st.train_step(bad, y, idx, 0)
+    first = st.train_step(x, y, idx, 0)  # stages 1-3 train on the first view
+    assert torch.equal(first.logits, st.model(x[:, 0]))
+    assert first.loss.item() == pytest.approx(F.cross_entropy(st.model(x[:, 0]), y).item())
 
 
 def _onehot_table(predictions, classes=3):
