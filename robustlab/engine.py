@@ -269,6 +269,7 @@ def _train_epoch(strategy, train_module, loader, optimizer, scheduler, cfg, epoc
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
         optimizer.step()
+        strategy.after_step()
         if scheduler is not None:
             scheduler.step()
         if lookahead is not None:

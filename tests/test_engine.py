@@ -409,3 +409,31 @@ def test_truncated_record_is_a_usage_error(tiny_cifar10, tmp_path, monkeypatch):
     path.write_text('{"run_id": "x"}')  # valid JSON but not a record
     with pytest.raises(UsageError, match="not a complete run record"):
         run_experiment(cfg, tmp_path / "results", ctx)
+
+
+def test_after_step_hook_runs_once_per_optimizer_step_on_the_updated_weights():
+    class Watch(CrossEntropy):
+        def __init__(self, model):
+            super().__init__(model)
+            self.calls, self.seen = [], []
+
+        def train_step(self, x, y, idx, epoch):
+            self.seen.append(self.model.head.weight.detach().clone())
+            return super().train_step(x, y, idx, epoch)
+
+        def after_step(self):
+            self.calls.append(self.model.head.weight.detach().clone())
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 255, (40, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(40) % 4
+    norm = Normalize((0.5,) * 3, (0.25,) * 3)
+    st = Watch(create_model("tiny_cnn", num_classes=4))
+    cfg = TrainConfig(epochs=2, batch_size=16, tta="none",
+                      optim=OptimConfig(optimizer="sgd", lr=0.1, weight_decay=0.0, schedule="constant"))
+    fit(st, DeviceLoader(images, labels, 16, norm, seed=0), cfg, quiet=True, num_classes=4)
+    assert len(st.calls) == len(st.seen) == 6  # 3 batches (16, 16, 8) x 2 epochs
+    for i, after in enumerate(st.calls):  # each call sees the step's update: the next step starts from it
+        assert not torch.equal(after, st.seen[i])
+        if i + 1 < len(st.seen):
+            assert torch.equal(after, st.seen[i + 1])

@@ -22,6 +22,8 @@ A strategy plugs into the engine through class attributes and hooks:
 - `warmup_length()`: the epochs before the method's own mechanism first acts (DivideMix's CE
   warm-up, truncated GCE's epochs before its first pruning); the engine warns, and the run record
   says, when a run is no longer than that, since it then never trains the method at all.
+- `after_step`: called after every optimizer step, before the LR schedule steps (weight
+  averages of the updated weights, e.g. ELR+'s mean-teacher copies).
 """
 from __future__ import annotations
 
@@ -97,6 +99,10 @@ class Strategy(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, epoch: int) -> StepOutput:
         """A training step, so that DistributedDataParallel can wrap the whole strategy."""
         return self.train_step(x, y, idx, epoch)
+
+    def after_step(self) -> None:
+        """Called after every optimizer step (the weights are the updated ones), before the LR
+        schedule and the lookahead step."""
 
     def epoch_metrics(self) -> dict[str, float]:
         """Extra per-epoch numbers for the history (e.g. Co-Teaching's label precision)."""
