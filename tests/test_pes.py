@@ -356,11 +356,11 @@ def test_official_defaults_and_presets():
     ({"t3": -2}, "t3 must be >= 0 epochs, got -2"),
     ({"blocks": 0}, "blocks must be >= 1, got 0"),
     ({"lambda_u": -1}, "lambda_u must be >= 0, got -1.0"),
-    ({"lambda_u": float("inf")}, "lambda_u must be >= 0, got inf"),
+    ({"lambda_u": float("inf")}, "option lambda_u must be a finite number, got inf"),
     ({"temperature": 0}, "temperature must be > 0, got 0.0"),
     ({"alpha": 0}, "alpha must be > 0, got 0.0"),
     ({"rampup_epochs": 0}, "rampup_epochs must be > 0, got 0.0"),
-    ({"rampup_epochs": float("inf")}, "rampup_epochs must be > 0, got inf"),
+    ({"rampup_epochs": float("inf")}, "option rampup_epochs must be a finite number, got inf"),
 ])
 def test_config_bounds_and_exact_messages(bad, message):
     with pytest.raises(UsageError) as err:
