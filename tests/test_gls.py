@@ -103,7 +103,7 @@ def test_bad_options_give_one_line_naming_the_option_and_range():
     GLSConfig(smooth_rate=0.999).validate()
     for bad, message in (({"smooth_rate": 1.0}, "smooth_rate must be in (-inf, 1), got 1.0"),
                          ({"smooth_rate": 1.5}, "smooth_rate must be in (-inf, 1), got 1.5"),
-                         ({"smooth_rate": float("-inf")}, "smooth_rate must be in (-inf, 1), got -inf"),
+                         ({"smooth_rate": float("-inf")}, "option smooth_rate must be a finite number, got -inf"),
                          ({"warmup_epochs": -1}, "warmup_epochs must be >= 0, got -1"),
                          ({"warmup_share": 1.0}, "warmup_share must be in [0, 1), got 1.0"),
                          ({"warmup_share": -0.1}, "warmup_share must be in [0, 1), got -0.1"),

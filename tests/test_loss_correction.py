@@ -258,7 +258,8 @@ def test_noisy_label_study_passes_a_t_file_and_names_the_oracle(tmp_path):
                                                                                           "t_file": path}
     default = noisy_labels.build_parser().parse_args(["--methods", "forward_t"])
     assert noisy_labels.choose_methods(default)["noisy_forward_t"].options == {}  # t_source oracle
-    runs = [SimpleNamespace(config=SimpleNamespace(strategy=SimpleNamespace(name="forward_t"), seed=0))]
+    runs = [SimpleNamespace(config=SimpleNamespace(strategy=SimpleNamespace(name="forward_t", options={}), seed=0, tag="noisy_forward_t"),
+                            record={"data": {"train": 8, "val": 2, "test": 4}, "strategy_options": {}})]
     base = noisy_labels.preset("quick")
     assert noisy_labels.table_note(runs, base, default).endswith("with the realised noise's T (an oracle).")
     assert noisy_labels.table_note(runs, base, args).endswith(f"with T from {path}.")
