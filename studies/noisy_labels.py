@@ -40,7 +40,7 @@ QUICK_WIDTH = 16  # airbench_s base width of the quick preset (README: demo trad
 
 
 def preset(name: str) -> ExperimentConfig:
-    """quick: airbench_s at width 16 (0.13M parameters) on 4,000 images for 20 epochs with airbench94's
+    """quick: airbench_s at width 16 (0.13M parameters) on 5,000 images for 20 epochs with airbench94's
     recipe scaled to batch 256 (robustlab.recipes), flip only: about 2.5 minutes for the demo's three
     arms on a 2-core CPU. paper: PreAct ResNet-18 on 45k images. fast: airbench with its 10-epoch
     recipe on 45k images (each method's `presets["fast"]` scales its own schedule to the 10 epochs)."""
@@ -53,7 +53,7 @@ def preset(name: str) -> ExperimentConfig:
         from robustlab.recipes import apply_fast_recipe
 
         cfg.model, cfg.model_kwargs = "airbench_s", {"width": QUICK_WIDTH}
-        cfg.data.train_size, cfg.data.val_size, cfg.data.test_size = 4000, 500, 2000
+        cfg.data.train_size, cfg.data.val_size, cfg.data.test_size = 5000, 500, 2000
         apply_fast_recipe(cfg, epochs=20, batch_size=256)
         cfg.augment.crop_pad = 0  # flip only: lets plain CE memorize the noise within the budget
     else:
