@@ -187,7 +187,8 @@ def build_config(args) -> ExperimentConfig:
     from studies.noisy_labels import preset
 
     cfg = preset(args.preset)
-    cfg.model = args.model or cfg.model
+    if args.model and args.model != cfg.model:
+        cfg.model, cfg.model_kwargs = args.model, {}  # the preset's model arguments belong to its own model
     cfg.seed, cfg.tag, cfg.strategy = args.seed, "labelissues", StrategyConfig("ce")
     cfg.data.noise_type, cfg.data.noise_rate = args.noise_type, args.noise
     cfg.data.noisy_val = not args.clean_val

@@ -63,7 +63,7 @@ def keep_strategy():
 
 def argv_for(out: Path, data_dir, cache_dir, *extra) -> list[str]:
     return ["--noise", "0.4", "--methods", "ce,coteach,keep_small", "--smooth", "0.1", "--epochs", "2",
-            "--train-size", "400", "--val-size", "100", "--test-size", "400", "--data-dir", str(data_dir),
+            "--train-size", "512", "--val-size", "100", "--test-size", "400", "--data-dir", str(data_dir),
             "--cache-dir", str(cache_dir), "--out", str(out), "--figures-dir", str(out / "fig"), "--quiet", *extra]
 
 
@@ -110,7 +110,7 @@ def test_each_method_gets_its_preset_options_and_the_same_noisy_data(study):
         records["noisy_coteach"]["noise"]["realized_rate"])
     assert records["noisy_ls"]["config"]["strategy"] == {"name": "ls", "options": {"smoothing": 0.1}}
     assert float(rows["clean_ce"]["realized_noise"]) == 0.0 and rows["clean_ce"]["noise_type"] == "none"
-    # 40% symmetric noise on 400 labels: realized rate within a few binomial std of 0.4 * 9/10 or 0.4.
+    # 40% symmetric noise on 512 labels: realized rate within a few binomial std of 0.4 * 9/10 or 0.4.
     assert abs(float(rows["noisy_ce"]["realized_noise"]) - 0.38) < 0.08
     assert len({rows[a]["realized_noise"] for a in ARMS - {"clean_ce"}}) == 1
     budgets = {json.dumps([r["config"]["model"], r["config"]["train"], r["config"]["data"]["train_size"]])
@@ -147,9 +147,9 @@ def test_two_network_and_selection_columns(study):
     last = records["noisy_keep_small"]["history"][-1]
     assert float(keep["label_precision"]) == pytest.approx(last["label_precision"])
     assert float(keep["label_recall"]) == pytest.approx(last["label_recall"])
-    # recall / precision = kept / clean-labelled seen: 400 images in batches 128,128,128,16 keep 64+64+64+8
-    clean_seen = 400 * (1 - records["noisy_keep_small"]["noise"]["realized_rate"])
-    assert last["label_recall"] == pytest.approx(last["label_precision"] * 200 / clean_seen)
+    # recall / precision = kept / clean-labelled seen: 512 images in two full batches of 256 keep 128 + 128
+    clean_seen = 512 * (1 - records["noisy_keep_small"]["noise"]["realized_rate"])
+    assert last["label_recall"] == pytest.approx(last["label_precision"] * 256 / clean_seen)
     assert rows["noisy_ce"]["label_precision"] == rows["noisy_ce"]["label_recall"] == ""
 
 

@@ -19,7 +19,7 @@ METHODS = ("sop", "gls", "peer", "cores")
 @pytest.fixture(scope="module")
 def study(cifar10, cifar10_dir, session_cache_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("noisy_methods")
-    argv = ["--noise", "0.5", "--methods", ",".join(METHODS), "--epochs", "2", "--train-size", "300",
+    argv = ["--noise", "0.5", "--methods", ",".join(METHODS), "--epochs", "2", "--batch-size", "100", "--train-size", "300",
             "--val-size", "100", "--test-size", "200", "--data-dir", str(cifar10_dir),
             "--cache-dir", str(session_cache_dir), "--out", str(out), "--figures-dir", str(out / "fig"), "--quiet"]
     assert noisy_labels.main(argv) == 0

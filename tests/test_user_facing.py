@@ -82,7 +82,7 @@ def test_study_help_shows_each_presets_recipe_values():
     lr = " / ".join(f"{noisy_labels.preset(p).train.optim.lr:.6g} ({p})" for p in ("quick", "paper", "fast"))
     assert f"--epochs EPOCHS (default: {epochs})" in text
     assert f"--lr LR (default: {lr})" in text
-    assert "--train-size TRAIN_SIZE class-balanced training subset size (default: 4000 (quick) / none (paper) / none (fast))" in text
+    assert "--train-size TRAIN_SIZE class-balanced training subset size (default: 5000 (quick) / none (paper) / none (fast))" in text
 
 
 @pytest.mark.parametrize("study", STUDIES)
