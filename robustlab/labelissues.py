@@ -74,6 +74,7 @@ def fold_trainer(cfg: ExperimentConfig, data, device, folder: Path, resume: bool
 
     cfg = copy.deepcopy(cfg)
     cfg.strategy = StrategyConfig("ce")
+    cfg.train.record_dynamics = False  # fold models are scored once on their held-out fold, not per epoch
     splits = data.splits
 
     def train(k: int, train_pos: np.ndarray, heldout_pos: np.ndarray) -> np.ndarray:

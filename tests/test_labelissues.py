@@ -208,8 +208,10 @@ def test_coteaching_run_with_the_estimated_rate(tiny_cifar10, tmp_path):
 
     cfg = ExperimentConfig(model="tiny_cnn", strategy=StrategyConfig("coteach", {"forget_rate": "estimate"}))
     cfg.data.val_size, cfg.data.noise_rate, cfg.train.epochs = 20, 0.4, 1
+    cfg.train.record_dynamics = True  # as the noisy-label study runs it: the fold models record nothing
     ctx = Context(data_dir=str(tiny_cifar10.root), cache_dir=str(tmp_path / "cache"), quiet=True, tensorboard=False)
     record = run_experiment(cfg, tmp_path / "out", ctx)
+    assert record["dynamics"]["epochs"] == 1
     cached = json.loads(next((tmp_path / "out" / "noise_estimates").glob("*.json")).read_text())
     assert record["strategy_options"]["forget_rate_source"] == "estimate"
     assert record["strategy_options"]["forget_rate"] == pytest.approx(cached["estimated_noise_rate"])
