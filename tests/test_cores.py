@@ -15,6 +15,7 @@ from robustlab.schedules import OptimConfig
 from robustlab.strategies import BuildContext, create_strategy, make_config
 from robustlab.strategies.cores import CORES, CORESConfig, beta_at, cores_terms, official_epoch, sieve_on
 from coteach_helpers import FixedLogits
+from resume_helpers import InterruptAt, toy_images as _toy
 
 
 def f_beta_port(epoch):
@@ -176,22 +177,6 @@ def test_defaults_and_bad_options():
         with pytest.raises(UsageError) as err:
             CORES(nn.Linear(2, 2), **{"num_train": 3, "num_classes": 2, **kwargs})
         assert str(err.value) == message
-
-
-def _toy(n=96, size=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 4
-    images = torch.randint(0, 100, (n, 3, size, size), generator=g, dtype=torch.uint8)
-    for i in range(n):
-        images[i, labels[i] % 3, : size // 2 if labels[i] < 3 else size] += 120
-    return images, labels
-
-
-class InterruptAt(DeviceLoader):
-    def set_epoch(self, epoch: int) -> None:
-        if epoch == 2:
-            raise KeyboardInterrupt
-        super().set_epoch(epoch)
 
 
 def _cores(seed):

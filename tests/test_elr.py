@@ -15,6 +15,7 @@ from robustlab.schedules import OptimConfig
 from robustlab.strategies import BuildContext, create_strategy, make_config
 from robustlab.strategies.elr import ELR, ELRConfig, _gather_across_ranks, clamped_probs, elr_regulariser, updated_targets
 from coteach_helpers import FixedLogits
+from resume_helpers import InterruptAt, toy_images as _toy
 
 
 def test_target_update_matches_hand_values():
@@ -84,24 +85,6 @@ def test_official_defaults_follow_the_class_count_and_options_override():
 
 
 # ---- resume ----------------------------------------------------------------------------------
-
-def _toy(n=96, size=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 4
-    images = torch.randint(0, 100, (n, 3, size, size), generator=g, dtype=torch.uint8)
-    for i in range(n):  # a bright channel per class makes the labels learnable
-        images[i, labels[i] % 3, : size // 2 if labels[i] < 3 else size] += 120
-    return images, labels
-
-
-class InterruptAt(DeviceLoader):
-    """Stops the run (as Ctrl-C would) when epoch 2 (0-based) begins."""
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch == 2:
-            raise KeyboardInterrupt
-        super().set_epoch(epoch)
-
 
 def _elr(seed):
     torch.manual_seed(seed)

@@ -13,6 +13,7 @@ from robustlab.models import create_model
 from robustlab.schedules import OptimConfig
 from robustlab.strategies import BuildContext, create_strategy, make_config
 from robustlab.strategies.peer import PeerConfig, PeerLoss, alpha_at, official_alphas, peer_loss, stable_ce
+from resume_helpers import InterruptAt, toy_images as _toy
 
 
 class CrossEntropyLossStablePort(nn.Module):
@@ -127,22 +128,6 @@ def test_defaults_presets_and_bad_options():
     with pytest.raises(UsageError) as err:
         PeerLoss(nn.Linear(2, 2), alpha=-0.5)
     assert str(err.value) == "peer alpha must be >= 0, got -0.5"
-
-
-def _toy(n=96, size=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 4
-    images = torch.randint(0, 100, (n, 3, size, size), generator=g, dtype=torch.uint8)
-    for i in range(n):
-        images[i, labels[i] % 3, : size // 2 if labels[i] < 3 else size] += 120
-    return images, labels
-
-
-class InterruptAt(DeviceLoader):
-    def set_epoch(self, epoch: int) -> None:
-        if epoch == 2:
-            raise KeyboardInterrupt
-        super().set_epoch(epoch)
 
 
 def _peer(seed):

@@ -15,6 +15,7 @@ from robustlab.schedules import OptimConfig
 from robustlab.strategies import BuildContext, create_strategy, make_config
 from robustlab.strategies.sop import SOP, SOPConfig, TwoViews, sop_loss
 from coteach_helpers import FixedLogits
+from resume_helpers import InterruptAt, toy_images as _toy
 
 
 def official_overparametrization_loss_port(u_all, v_all, index, outputs, label, num_classes,
@@ -270,22 +271,6 @@ def test_config_and_constructor_bounds_give_one_line_naming_the_option():
 
 
 # ---- resume ----------------------------------------------------------------------------------
-
-def _toy(n=96, size=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 4
-    images = torch.randint(0, 100, (n, 3, size, size), generator=g, dtype=torch.uint8)
-    for i in range(n):
-        images[i, labels[i] % 3, : size // 2 if labels[i] < 3 else size] += 120
-    return images, labels
-
-
-class InterruptAt(DeviceLoader):
-    def set_epoch(self, epoch: int) -> None:
-        if epoch == 2:
-            raise KeyboardInterrupt
-        super().set_epoch(epoch)
-
 
 def _sop(seed, **options):
     torch.manual_seed(seed)
