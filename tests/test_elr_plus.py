@@ -23,6 +23,7 @@ from robustlab.strategies import BuildContext, create_strategy, make_config
 from robustlab.strategies import elr_plus as elr_plus_module
 from robustlab.strategies.elr_plus import (ELRPlus, ELRPlusConfig, ema_decay, elr_plus_loss, mix, sigmoid_rampup,
                                            update_average)
+from resume_helpers import InterruptAt, toy_images as _toy
 
 
 # ---- line-by-line port of the official code (shengliu66/ELR, ELR_plus) ------------------------
@@ -294,22 +295,6 @@ def test_constructor_needs_the_training_set_size_and_two_classes():
 
 
 # ---- resume ------------------------------------------------------------------------------------
-
-def _toy(n, size=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 4
-    images = torch.randint(0, 100, (n, 3, size, size), generator=g, dtype=torch.uint8)
-    for i in range(n):  # a bright channel and half per class makes the labels learnable
-        images[i, labels[i] % 3, : size // 2 if labels[i] < 3 else size] += 120
-    return images, labels
-
-
-class InterruptAt(DeviceLoader):
-    def set_epoch(self, epoch: int) -> None:
-        if epoch == 2:
-            raise KeyboardInterrupt
-        super().set_epoch(epoch)
-
 
 def _elr_plus(seed, n):
     torch.manual_seed(seed)

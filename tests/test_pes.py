@@ -22,6 +22,7 @@ from robustlab.schedules import OptimConfig
 from robustlab.strategies import BuildContext, create_strategy, make_config
 from robustlab.strategies import pes as pes_module
 from robustlab.strategies.pes import PES, PESConfig, check_stages, class_weights, layer_groups, reinitialise
+from resume_helpers import toy_images as _toy
 
 
 # ---- port of the official class weights (tmllab/2021_NeurIPS_PES, PES_cs.py update_trainloader) --
@@ -405,15 +406,6 @@ def test_blocks_must_leave_a_block_frozen():
 
 
 # ---- training and resume ------------------------------------------------------------------------
-
-def _toy(n, size=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 4
-    images = torch.randint(0, 100, (n, 3, size, size), generator=g, dtype=torch.uint8)
-    for i in range(n):  # a bright channel and half per class makes the labels learnable
-        images[i, labels[i] % 3, : size // 2 if labels[i] < 3 else size] += 120
-    return images, labels
-
 
 class InterruptAt(DeviceLoader):
     stop = 2
