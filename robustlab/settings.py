@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from robustlab.errors import require
 
+SUPCON_HEADS = ("mlp", "linear", "finetune")  # classifier heads on a SupCon encoder (robustlab.strategies.supcon)
 TTA_MODES = ("none", "flip", "flip_translate", "mirror_translate")
 PRECISIONS = ("auto", "fp32", "bf16")
 OPTIMIZERS = ("sgd", "adam", "adamw")

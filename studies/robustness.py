@@ -24,20 +24,15 @@ import shutil
 import sys
 from pathlib import Path
 
-from robustlab.calibration_plots import plot_reliability_diagram
 from robustlab.cli import apply_data_args, apply_train_args, context_from_args, name_list
-from robustlab.corruptions.inputs import list_input_corruptions
+from robustlab.config import ExperimentConfig, StrategyConfig
 from robustlab.errors import UsageError, cli_entry, require
-from robustlab.experiment import ExperimentConfig, StrategyConfig, resolve_device
 from robustlab.fileio import write_text
-from robustlab.models import require_model
-from robustlab.precision import resolve_precision
-from robustlab.robustness import (evaluate_runs, evaluation_note, finished_checkpoints, load_classifier, load_released,
-                                  long_rows, robustness_rows, run_labels, summarize_over_seeds)
-from robustlab.robustness_plots import ece_figure, family_figure, heatmap_figure
-from robustlab.strategies import get_strategy
 from studies.common import (apply_label_noise, csv_table, describe_preset_defaults, output_dirs, run_grid, save_figure,
                             sgd_recipe, should_tabulate, study_parser, write_table)
+
+# torch, the models, the corruptions and the plots are imported once the arguments are read, so that
+# --help and usage errors answer at once.
 
 PRESET_MODELS = {"quick": ("small_cnn",), "paper": ("resnet18",), "fast": ("airbench",)}
 EVAL_TEST_SIZE = {"quick": 500, "paper": None, "fast": None}  # test images evaluated (None: the run's whole test split)
@@ -71,6 +66,8 @@ def build_parser():
 
 def train_arms(args, ctx) -> list[Path] | None:
     """Train (or find) models x methods x seeds; their checkpoints, or None for a shard-only call."""
+    from robustlab.models import require_model
+    from robustlab.strategies import get_strategy
     base = preset(args.preset)
     apply_data_args(args, base.data)
     apply_label_noise(args, base.data)
@@ -99,6 +96,12 @@ def slug(label: str) -> str:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from robustlab.corruptions.inputs import list_input_corruptions
+    from robustlab.experiment import resolve_device
+    from robustlab.precision import resolve_precision
+    from robustlab.robustness import (evaluate_runs, evaluation_note, finished_checkpoints, load_classifier, load_released,
+                                      long_rows, robustness_rows, run_labels, summarize_over_seeds)
+    from robustlab.robustness_plots import ece_figure, family_figure, heatmap_figure
     corruptions = args.corruptions or list_input_corruptions()
     bad = [c for c in corruptions if c not in list_input_corruptions()]
     if bad:
@@ -153,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def reliability(key, row, logits_labels, dirs) -> None:
     """Reliability diagrams of the clean test split, raw and after temperature scaling."""
+    from robustlab.calibration_plots import plot_reliability_diagram
     (label, seed), (z, y) = key, logits_labels
     diagrams = [("", z, f"{label}: clean test")]
     if row["temperature"] is not None:

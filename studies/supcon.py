@@ -23,11 +23,10 @@ from pathlib import Path
 
 from robustlab.cli import context_from_args, name_list, positive_float, positive_int
 from robustlab.errors import cli_entry
-from robustlab.experiment import ExperimentConfig, StrategyConfig, prepare_data, run_experiment
-from robustlab.embed import cached_run_embedding, plot_test_embeddings
+from robustlab.config import ExperimentConfig, StrategyConfig
 from robustlab.fileio import write_json
 from robustlab.records import find_record
-from robustlab.strategies.supcon import HEADS
+from robustlab.settings import SUPCON_HEADS as HEADS
 from studies.common import history_rows, plot_curves, plot_panels, split_sizes, study_parser
 from studies.skeleton import Results, Study, Table, run_study, seeds_of
 from studies.supcon_recipes import DEFAULT_HEADS, Presets, configure, preset  # noqa: F401
@@ -61,6 +60,7 @@ def _run_when_encoder_exists(cfg: ExperimentConfig, out: Path, ctx) -> dict | No
         print(f"skip {cfg.run_id}: its encoder run {encoder} has no record yet (rerun after the pretraining)",
               file=sys.stderr)
         return None
+    from robustlab.experiment import run_experiment
     return run_experiment(cfg, out, ctx)
 
 
@@ -95,6 +95,8 @@ def build_parser():
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from robustlab.embed import cached_run_embedding, plot_test_embeddings  # torch: once the arguments are read
+    from robustlab.experiment import prepare_data
     p, heads = configure(args)
     ctx = context_from_args(args, resume=args.resume)
     pretrains, classifiers = build_arms(p, heads, args.seeds or [0])

@@ -8,10 +8,8 @@ from dataclasses import dataclass
 from robustlab.cli import apply_data_args, apply_momentum_args, apply_train_args
 from studies.common import apply_label_noise
 from robustlab.errors import UsageError
-from robustlab.experiment import ExperimentConfig, StrategyConfig
-from robustlab.models import require_model
-from robustlab.schedules import OptimConfig
-from robustlab.strategies.supcon import HEADS
+from robustlab.config import ExperimentConfig, StrategyConfig
+from robustlab.settings import SUPCON_HEADS as HEADS, OptimConfig
 
 DEFAULT_HEADS = ("mlp", "linear")
 
@@ -132,5 +130,6 @@ def configure(args) -> tuple[Presets, list[str]]:
     t.precision, t.compile = p.ce.train.precision, p.ce.train.compile
     if args.temperature:
         p.pretrain.strategy.options["temperature"] = args.temperature
+    from robustlab.models import require_model  # torch: only once the arguments are read
     require_model(p.ce.model)
     return p, heads

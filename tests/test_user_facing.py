@@ -54,6 +54,8 @@ print("EXIT", code, "TORCH" if "torch" in sys.modules else "NO-TORCH", file=sys.
     ("robustlab.train", ["--noise-type", "bogus"]),    # the noise-type grammar is checked without torch
     ("studies.noisy_labels", ["--noise", "2"]),
     ("studies.architectures", ["--help"]), ("studies.regularization", ["--help"]),
+    ("studies.robustness", ["--help"]), ("studies.supcon", ["--help"]), ("robustlab.labelissues", ["--help"]),
+    ("studies.robustness", ["--preset", "nope"]), ("studies.supcon", ["--epochs", "-1"]),
 ])
 def test_help_and_usage_errors_do_not_import_torch(module, argv):
     done = subprocess.run([sys.executable, "-c", _PROBE, module, *argv], cwd=REPO, capture_output=True, text=True,

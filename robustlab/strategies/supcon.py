@@ -21,6 +21,7 @@ from torch import nn
 from robustlab.data.color import adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, to_grayscale
 from robustlab.errors import UsageError, require
 from robustlab.models.base import Classifier
+from robustlab.settings import SUPCON_HEADS
 from robustlab.strategies.base import StepOutput, Strategy
 from robustlab.strategies.registry import register_strategy
 
@@ -252,7 +253,7 @@ def _gathering_world_size(loss_fn: nn.Module) -> int:
 # Stage 2: classifier on the pretrained encoder
 # ----------------------------------------------------------------------------------------------
 
-HEADS = ("mlp", "linear", "finetune")
+HEADS = SUPCON_HEADS
 
 
 class EncoderWithHead(Classifier):
