@@ -304,3 +304,63 @@ def test_fast_recipe_cli_sets_smoothing_for_ce_and_rejects_unknown_recipes(capsy
     assert json.loads(capsys.readouterr().out)["config"]["strategy"]["options"] == {"smoothing": 0.1}
     assert main(["--recipe", "turbo", "--print-config"]) == 2
     assert capsys.readouterr().err.strip().endswith("unknown recipe 'turbo'; choose one of default, fast")
+
+
+def test_fast_recipe_overrides_every_part_of_a_different_recipe():
+    from robustlab.config import ExperimentConfig
+    from robustlab.settings import LookaheadConfig, OptimConfig
+    cfg = ExperimentConfig()
+    cfg.train.optim = OptimConfig(optimizer="adam", nesterov=False, schedule="cosine", triangle=(0.5, 0.5, 0.5))
+    cfg.train.lookahead = LookaheadConfig(start_epoch=1, every=2, decay=0.5, power=1.0)
+    a = cfg.augment
+    a.cutout, a.rotate, a.shear, a.zoom, a.jitter = 8, 10.0, 5.0, 0.1, 0.2
+    apply_fast_recipe(cfg)
+    o, la = cfg.train.optim, cfg.train.lookahead
+    assert (o.optimizer, o.nesterov, o.schedule, tuple(o.triangle)) == ("sgd", True, "triangular", (0.2, 0.23, 0.07))
+    assert (la.start_epoch, la.every, la.decay, la.power) == (3, 5, 0.95, 3.0)
+    assert (a.cutout, a.rotate, a.shear, a.zoom, a.jitter) == (0, 0.0, 0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("optimizer, nesterov, momentum, word", [
+    ("sgd", True, 0.9, "sgd nesterov"), ("sgd", False, 0.9, "sgd"), ("sgd", True, 0.0, "sgd"), ("adam", True, 0.9, "adam")])
+def test_recipe_parts_of_a_plain_recipe_name_only_what_runs(optimizer, nesterov, momentum, word):
+    from robustlab.config import ExperimentConfig
+    from robustlab.recipes import recipe_parts
+    from robustlab.settings import OptimConfig
+    cfg = ExperimentConfig()
+    cfg.train.optim = OptimConfig(optimizer=optimizer, nesterov=nesterov, momentum=momentum, schedule="cosine")
+    cfg.train.drop_last, cfg.train.tta = False, "none"
+    cfg.augment.flip, cfg.augment.flip_mode, cfg.augment.crop_pad, cfg.augment.pad_mode = True, "random", 4, "zeros"
+    assert recipe_parts(cfg) == [word, "schedule cosine", "random flip", "4-pixel zeros translation", "TTA none"]
+    cfg.train.optim.norm_lr_scale, cfg.augment.flip = 2.0, False
+    assert recipe_parts(cfg, {"smoothing": 0.1}) == [word, "schedule cosine", "normalization-parameter LR x2",
+                                                     "label smoothing 0.1", "4-pixel zeros translation", "TTA none"]
+
+
+def test_lookahead_rho_follows_the_formula_before_the_last_step():
+    la = Lookahead(nn.Linear(1, 1), LookaheadConfig(start_epoch=1, every=2, decay=0.9, power=2.0))
+    assert la.rho(2, 8) == pytest.approx(0.9 ** 2 * (2 / 8) ** 2)
+    assert la.rho(8, 8) == pytest.approx(0.81)
+
+
+def test_lookahead_epoch_end_copies_the_average_back_and_resumes_from_its_state():
+    net = nn.Linear(2, 1)
+    la = Lookahead(net, LookaheadConfig(start_epoch=1, every=1, decay=0.5, power=0.0))
+    before = [p.detach().clone() for p in net.parameters()]
+    la.end_epoch(net)  # no snapshot yet: nothing to copy back
+    assert la.ema is None and all(torch.equal(p, b) for p, b in zip(net.parameters(), before))
+    la.after_step(net, 1, 1, 4)  # the snapshot
+    snapshot = {k: v.clone() for k, v in la.ema.items()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)  # an optimizer step after the last lookahead update
+    la.end_epoch(net)  # w <- ema exactly, whatever the steps since
+    for (name, p) in net.named_parameters():
+        torch.testing.assert_close(p.detach(), snapshot[f"p:{name}"])
+    twin = Lookahead(net, LookaheadConfig(start_epoch=1, every=1, decay=0.5, power=0.0))
+    twin.load_state_dict(la.state_dict())
+    assert twin.ema is la.ema
+    assert Lookahead(net, LookaheadConfig()).state_dict() == {"ema": None}
+    fresh = Lookahead(net, LookaheadConfig())
+    fresh.load_state_dict({})
+    assert fresh.ema is None
