@@ -7,13 +7,18 @@ fixed by a seed, trains one model per fold on the other K - 1 folds through a `t
 and stitches the held-out predictions into one (N, C) array.
 
 Each finished fold is saved atomically as `fold_<k>.npz` (its held-out positions and their
-probabilities) in a folder, and skipped when the folder already has it: an interrupted job
+probabilities, and, when the trainer returns them, the area under the margin of the positions it
+trained on) in a folder, and skipped when the folder already has it: an interrupted job
 loses at most the fold it was training. `run_folds(..., shard=(i, n))` trains only the folds
 k with k % n == i, so several processes or machines can split the K models.
 
     folds = assign_folds(labels, k=5, seed=0)
     run_folds(folds, num_classes, trainer, folder)          # trainer(fold, train_pos, heldout_pos) -> probs
     pred_probs = gather_folds(folds, num_classes, folder)   # (N, C), every row out of fold
+    aum = gather_aum(folds, folder)                          # (N,) or None: mean AUM over the K - 1 fold models
+
+A trainer may return `(probs, train_aum)`: the AUM (Pleiss et al. 2020) of each image it trained
+on, from its training dynamics. Every image is trained on by K - 1 fold models; its AUM is their mean.
 """
 from __future__ import annotations
 
@@ -27,8 +32,9 @@ import numpy as np
 from robustlab.errors import UsageError, require
 from robustlab.fileio import atomic_write
 
-# trainer(fold k, positions to train on, positions to score) -> (len(heldout), C) probabilities
-Trainer = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
+# trainer(fold k, positions to train on, positions to score) -> (len(heldout), C) probabilities,
+# or (probabilities, (len(train),) area under the margin of the trained positions)
+Trainer = Callable[[int, np.ndarray, np.ndarray], "np.ndarray | tuple[np.ndarray, np.ndarray]"]
 SUM_TOLERANCE = 1e-3  # rows of a probability file must sum to 1 within this
 
 
@@ -95,10 +101,12 @@ def load_fold(folder: str | Path, k: int, folds: np.ndarray, num_classes: int) -
     return check_probabilities(probs, len(expected), num_classes, str(path))
 
 
-def save_fold(folder: str | Path, k: int, heldout: np.ndarray, probs: np.ndarray, seconds: float = 0.0) -> Path:
+def save_fold(folder: str | Path, k: int, heldout: np.ndarray, probs: np.ndarray, seconds: float = 0.0,
+              train_aum: np.ndarray | None = None) -> Path:
     buf = io.BytesIO()
+    extra = {} if train_aum is None else {"train_aum": np.asarray(train_aum, dtype=np.float32)}
     np.savez(buf, heldout=np.asarray(heldout, dtype=np.int64), probs=np.asarray(probs, dtype=np.float32),
-             seconds=np.float64(seconds))
+             seconds=np.float64(seconds), **extra)
     path = fold_path(folder, k)
     atomic_write(path, lambda f: f.write(buf.getvalue()))
     return path
@@ -125,11 +133,40 @@ def run_folds(folds: np.ndarray, num_classes: int, trainer: Trainer, folder: str
             continue
         heldout, train = np.flatnonzero(folds == k), np.flatnonzero(folds != k)
         t0 = time.perf_counter()
-        probs = trainer(k, train, heldout)
+        probs, aum = _split_result(trainer(k, train, heldout))
         probs = check_probabilities(probs, len(heldout), num_classes, f"fold {k}'s predictions")
-        save_fold(folder, k, heldout, probs, time.perf_counter() - t0)
+        if aum is not None:
+            aum = np.asarray(aum, dtype=np.float64)
+            require(aum.shape == (len(train),) and bool(np.isfinite(aum).all()),
+                    f"fold {k}'s AUM: expected {len(train)} finite values, got shape {aum.shape}")
+        save_fold(folder, k, heldout, probs, time.perf_counter() - t0, aum)
         trained.append(k)
     return trained
+
+
+def _split_result(result) -> tuple[np.ndarray, np.ndarray | None]:
+    return result if isinstance(result, tuple) else (result, None)
+
+
+def gather_aum(folds: np.ndarray, folder: str | Path) -> np.ndarray | None:
+    """(N,) area under the margin of every image, the mean over the fold models that trained on it
+    (every fold but its own); None unless every saved fold has its `train_aum`."""
+    folds = np.asarray(folds)
+    k_total = int(folds.max()) + 1
+    total, count = np.zeros(len(folds)), np.zeros(len(folds))
+    for k in range(k_total):
+        path = fold_path(folder, k)
+        if not path.exists():
+            return None
+        with np.load(path) as f:
+            if "train_aum" not in f.files:
+                return None
+            aum = f["train_aum"].astype(np.float64)
+        train = np.flatnonzero(folds != k)
+        require(aum.shape == train.shape, f"{path}: train_aum has {aum.shape[0]} values, the fold trains on {len(train)}")
+        total[train] += aum
+        count[train] += 1
+    return total / count
 
 
 def missing_folds(folds: np.ndarray, num_classes: int, folder: str | Path) -> list[int]:

@@ -3,6 +3,7 @@
     python -m robustlab.labelissues --dataset cifar10 --noise-type human:worst --folds 5 --out DIR
     python -m robustlab.labelissues --noise-type symmetric --noise 0.4 --preset quick --out DIR
     python -m robustlab.labelissues --noise-type human:worst --shard 0/2 --out DIR   # and 1/2 elsewhere
+    python -m robustlab.labelissues --noise-type human:worst --launcher slurm --slurm-gpus 1 --out DIR  # a job per fold
     python -m robustlab.labelissues --noise-type human:worst --pred-probs probs.npy --out DIR
 
 Data, noise, model and training recipe are those of a noisy-label study run (`--preset` from
@@ -13,6 +14,8 @@ and scores fold k only, so every image's probabilities come from a model that ne
 (`robustlab.crossval`). A finished fold is saved atomically in DIR/folds/ and skipped on rerun;
 --resume continues an unfinished fold from its last epoch; --shard I/N trains folds k with
 k % N == I and writes no report (an unsharded rerun or --collect writes it once all folds exist).
+--launcher slurm|local submits one submitit job per unfinished fold (each the same command with
+--shard k/K) and writes the report when they have finished (--no-wait: a later --collect does).
 
 Writes to DIR:
 - pred_probs.npy: (N, C) out-of-fold probabilities, rows in training-split order (`index` below);
@@ -22,7 +25,9 @@ Writes to DIR:
   (cleanlab.filter.find_label_issues); worst first;
 - detectors.md/.csv: where the clean labels are known (synthetic noise, CIFAR-N), precision, recall
   and F1 of each detector's flags against the real errors and the AUROC of its score: confident
-  learning, DivideMix's loss GMM and the small-loss rule (robustlab.label_quality);
+  learning, DivideMix's loss GMM and the small-loss rule (robustlab.label_quality) on the
+  out-of-fold probabilities, and the area under the margin (AUM, Pleiss et al. 2020: each image's
+  margin averaged over the epochs of the K - 1 fold models that trained on it; off with --no-aum);
 - noise_estimate.json and the same in detectors.md: the estimated noise rate and transition matrix
   (cleanlab's joint) with the true ones where known (absolute error of the rate, Frobenius error of T);
 - worst_labels.png (the worst-ranked images with given and suggested labels) and
@@ -43,10 +48,11 @@ import numpy as np
 from robustlab.cli import (Parser, add_context_args, add_data_args, add_train_args, apply_data_args, apply_train_args,
                            context_from_args, nonneg_int, noise_type, positive_int, unit_rate)
 from robustlab.config import EVAL_BATCH_SIZE, Context, ExperimentConfig, StrategyConfig
-from robustlab.crossval import (assign_folds, check_folds, fold_seconds, gather_folds, load_pred_probs, missing_folds,
-                                run_folds, shard_folds)
+from robustlab.crossval import (assign_folds, check_folds, fold_seconds, gather_aum, gather_folds, load_pred_probs,
+                                missing_folds, run_folds, shard_folds)
 from robustlab.errors import UsageError, cli_entry, require
 from robustlab.fileio import atomic_write, read_json, write_json, write_text
+from robustlab.launch import add_launcher_args, check_launcher_args, make_executor
 from robustlab.label_quality import (ISSUE_COLUMNS, DetectorInput, compare_noise, estimate_noise, issue_rows,
                                      run_detectors, score_detector)
 
@@ -57,9 +63,12 @@ DETECTOR_COLUMNS = ["detector", "flagged", "flagged_fraction", "true_errors", "p
 
 # ---- one fold model ----------------------------------------------------------------------------
 
-def fold_trainer(cfg: ExperimentConfig, data, device, folder: Path, resume: bool = False, quiet: bool = True):
+def fold_trainer(cfg: ExperimentConfig, data, device, folder: Path, resume: bool = False, quiet: bool = True,
+                 aum: bool = False):
     """A `robustlab.crossval.Trainer` that trains `cfg` (with cross-entropy) on the given positions of
-    the prepared training split and returns softmax probabilities of the held-out positions.
+    the prepared training split and returns softmax probabilities of the held-out positions; with
+    `aum`, also the area under the margin of every trained position (the fold model records its
+    training dynamics: one extra no-grad pass over its training images per epoch).
 
     The fold model validates on the run's validation split (never scored) and is scored with its
     last-epoch weights; its checkpoints live in folder/fold_<k>/ until the fold is saved. The input
@@ -68,13 +77,14 @@ def fold_trainer(cfg: ExperimentConfig, data, device, folder: Path, resume: bool
 
     from robustlab.data import DeviceLoader, Normalize
     from robustlab.data.splits import DataSplits
+    from robustlab.dynamics import DYNAMICS_FILE, area_under_margin
     from robustlab.engine import fit
     from robustlab.evaluate import collect_logits
     from robustlab.prepare import PreparedData, build_strategy, default_train_augment, make_loaders
 
     cfg = copy.deepcopy(cfg)
     cfg.strategy = StrategyConfig("ce")
-    cfg.train.record_dynamics = False  # fold models are scored once on their held-out fold, not per epoch
+    cfg.train.record_dynamics = aum  # for the AUM of the trained images; the held-out fold is scored once
     splits = data.splits
 
     def train(k: int, train_pos: np.ndarray, heldout_pos: np.ndarray) -> np.ndarray:
@@ -86,18 +96,23 @@ def fold_trainer(cfg: ExperimentConfig, data, device, folder: Path, resume: bool
         train_loader, val_loader, _ = make_loaders(sub, cfg.train, augment, cfg.seed * 1000 + k, device)
         run_dir = folder / f"fold_{k}"
         last = run_dir / "last.pt"
-        fit(strategy, train_loader, cfg.train, val_loader, None, run_dir=run_dir,
-            resume=last if resume and last.exists() else None, quiet=quiet, num_classes=splits.num_classes)
+        train_pass = (DeviceLoader(sub.train.images, sub.train.labels, EVAL_BATCH_SIZE, Normalize(splits.mean, splits.std),
+                                   shuffle=False, device=device) if aum else None)
+        result = fit(strategy, train_loader, cfg.train, val_loader, None, run_dir=run_dir,
+                     resume=last if resume and last.exists() else None, quiet=quiet, num_classes=splits.num_classes,
+                     train_pass_loader=train_pass)
         held = DeviceLoader(splits.train.images[heldout_pos], splits.train.labels[heldout_pos], EVAL_BATCH_SIZE,
                             Normalize(splits.mean, splits.std), shuffle=False, device=device)
         strategy.eval()
         logits, _ = collect_logits(strategy.predict, held)
         probs = logits.double().softmax(1).cpu().numpy()
-        for name in ("last.pt", "best.pt"):  # the fold's result is its probabilities
+        for name in ("last.pt", "best.pt", DYNAMICS_FILE):  # the fold's result is its probabilities (and AUM)
             (run_dir / name).unlink(missing_ok=True)
         if run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()
-        return probs
+        if not aum:
+            return probs
+        return probs, area_under_margin(result.dynamics["margin"])
 
     return train
 
@@ -169,10 +184,13 @@ def build_parser() -> Parser:
     g.add_argument("--pred-probs", default=None, metavar="PATH",
                    help="use these (N, C) out-of-fold probabilities (.npy, training-split order) instead of training")
     g.add_argument("--top", type=positive_int, default=24, help="images in worst_labels.png (default 24)")
+    g.add_argument("--no-aum", action="store_true",
+                   help="fold models record no training dynamics (saves one no-grad pass per epoch; no AUM detector)")
     g.add_argument("--no-figures", action="store_true", help="skip worst_labels.png and transition_estimate.png")
     add_data_args(p)
     add_train_args(p, smoothing=False)
     add_context_args(p, default_out="results/labelissues")
+    add_launcher_args(p)
     return p
 
 
@@ -278,8 +296,10 @@ def write_report(out: Path, cfg: ExperimentConfig, args, labels: np.ndarray, pre
         body = ("### Detectors against the real errors\n\n" + md_table +
                 "\nconfident_learning: cleanlab.filter.find_label_issues (flags) and 1 - label quality (score); "
                 "dividemix_gmm: DivideMix's 2-component GMM on the out-of-fold loss (flag: clean probability < 0.5); "
-                "small_loss: the estimated-noise-rate fraction with the largest out-of-fold loss. AUROC of each score "
-                "for separating mislabeled from clean images.\n")
+                "small_loss: the estimated-noise-rate fraction with the largest out-of-fold loss"
+                + ("; aum: the area under the margin over the training epochs of the fold models that trained on the "
+                   "image (flag: the estimated-noise-rate fraction with the lowest AUM)" if extra_scores else "")
+                + ". AUROC of each score for separating mislabeled from clean images.\n")
     else:
         csv_table = None
         body = "The clean labels are unknown here: the detectors cannot be scored.\n"
@@ -310,6 +330,7 @@ def write_report(out: Path, cfg: ExperimentConfig, args, labels: np.ndarray, pre
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what each fold job reruns with --shard k/K
     out = Path(args.out)
     existed = out.exists()
     try:
@@ -331,7 +352,11 @@ def _run(args) -> int:
     require(args.folds >= 2, f"--folds must be at least 2, got {args.folds}")
     require(not (args.collect and args.pred_probs), "--collect and --pred-probs exclude each other")
     require(not (args.shard and args.pred_probs), "--shard trains folds; with --pred-probs nothing is trained")
+    check_launcher_args(args)
+    require(args.launcher == "direct" or not (args.collect or args.pred_probs),
+            f"--launcher {args.launcher} submits fold training; with --collect or --pred-probs nothing is trained")
     cfg = build_config(args)
+    extra_scores = None
     ctx: Context = context_from_args(args, resume=args.resume)
     out = Path(args.out)
     data = prepare_data(cfg.data, cfg.seed, ctx)
@@ -343,13 +368,17 @@ def _run(args) -> int:
         pred_probs = load_pred_probs(args.pred_probs, len(labels), num_classes)
     else:
         check_spec(out, {"config": cfg.key(), "folds": args.folds, "num_train": len(labels)})
-        if not args.collect:
+        if args.launcher != "direct" and not args.collect:
+            if not submit_folds(args, fold_of, num_classes, out):
+                return 0  # --no-wait: the jobs run on; --collect writes the report
+        elif not args.collect:
             device = resolve_device(ctx.device)
             mine = shard_folds(args.folds, args.shard)
             print(f"{len(labels)} images, {args.folds} folds; this process trains fold(s) "
                   f"{', '.join(map(str, mine))} unless finished", file=sys.stderr)
             torch.manual_seed(cfg.seed)
-            run_folds(fold_of, num_classes, fold_trainer(cfg, data, device, out / "folds", args.resume, ctx.quiet),
+            run_folds(fold_of, num_classes,
+                      fold_trainer(cfg, data, device, out / "folds", args.resume, ctx.quiet, aum=not args.no_aum),
                       out / "folds", args.shard)
         if args.shard is not None:
             left = missing_folds(fold_of, num_classes, out / "folds")
@@ -357,15 +386,62 @@ def _run(args) -> int:
                   "rerun without --shard (or with --collect) for the report", file=sys.stderr)
             return 0
         pred_probs = gather_folds(fold_of, num_classes, out / "folds")
+        aum = None if args.no_aum else gather_aum(fold_of, out / "folds")
+        if aum is not None:
+            extra_scores = {"aum": -aum}  # a low area under the margin marks a likely wrong label
     clean = data.clean_train_labels.numpy() if data.noise else None
     index = np.asarray(data.splits.train_index)
     paths = training_paths(cfg.data.dataset, ctx.data_dir, index)
     report = write_report(out, cfg, args, labels, pred_probs, index, paths, clean, data.noise,
-                          data.splits.classes, None if args.no_figures else data.splits.train.images)
+                          data.splits.classes, None if args.no_figures else data.splits.train.images, extra_scores)
     print(report)
     print(f"wrote {out}/label_issues.csv, detectors.md, pred_probs.npy, figures ({time.time() - t0:.0f} s)",
           file=sys.stderr)
     return 0
+
+
+def run_fold_job(argv: list[str], k: int, total: int) -> int:
+    """One fold inside a submitit job: the same command with --shard k/total, in this process."""
+    code = main([*argv, "--launcher", "direct", "--shard", f"{k}/{total}", "--quiet"])
+    require(code == 0, f"fold {k} exited with status {code}")
+    return code
+
+
+def submit_folds(args, fold_of: np.ndarray, num_classes: int, out: Path) -> bool:
+    """Submit a job per unfinished fold of this shard; True once they have all finished (False with
+    --no-wait, after submitting). A failed job is a UsageError naming its log."""
+    import time
+
+    todo = [k for k in missing_folds(fold_of, num_classes, out / "folds") if k in shard_folds(args.folds, args.shard)]
+    executor = make_executor(args, out / "submitit")
+    submit = lambda k: (k, executor.submit(run_fold_job, args.argv, k, args.folds))  # noqa: E731
+    queue, active = list(todo), []
+    if args.launcher == "slurm" and args.slurm_array_parallelism:
+        with executor.batch():  # one job array
+            active, queue = [submit(k) for k in queue], []
+    limit = args.local_parallelism if args.launcher == "local" else len(todo)
+    while queue and len(active) < limit:
+        active.append(submit(queue.pop(0)))
+    print(f"submitted fold job(s) for fold(s) {', '.join(map(str, todo)) or 'none'}; logs in {out / 'submitit'}",
+          file=sys.stderr)
+    if args.no_wait:
+        print("rerun the same command with --collect when they have finished", file=sys.stderr)
+        return False
+    while active:
+        done = [(k, job) for k, job in active if job.done()]
+        if not done:
+            time.sleep(0.5)
+            continue
+        for k, job in done:
+            active.remove((k, job))
+            exc = job.exception()
+            if exc is not None:
+                lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+                raise UsageError(f"fold {k} failed in job {job.job_id}: {lines[-1] if lines else type(exc).__name__} "
+                                 f"(log: {job.paths.stderr})")
+            if queue:
+                active.append(submit(queue.pop(0)))
+    return True
 
 
 if __name__ == "__main__":

@@ -5,18 +5,16 @@ the study reads the records afterwards, so a table never depends on how its runs
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from robustlab.cli import nonneg_int, positive_int
 from robustlab.config import Context, ExperimentConfig
-from robustlab.errors import UsageError, require
+from robustlab.errors import require
+from robustlab.launch import LAUNCHERS, add_launcher_args, check_launcher_args, make_executor  # noqa: F401 (re-exported)
 
-LAUNCHERS = ("direct", "local", "slurm")
 Runner = Callable[[ExperimentConfig, Path, Context], "dict | None"]
 
 
@@ -25,27 +23,6 @@ def run_experiment(cfg: ExperimentConfig, out: Path, ctx: Context) -> dict | Non
     from robustlab.experiment import run_experiment as run
 
     return run(cfg, out, ctx)
-
-
-def add_launcher_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("launching runs")
-    g.add_argument("--launcher", choices=LAUNCHERS, default="direct",
-                   help="direct: in this process; slurm: one submitit job per run; local: the same submitit "
-                        "path on this machine (default direct)")
-    g.add_argument("--slurm-partition", default=None, help="SLURM partition (default: the cluster's)")
-    g.add_argument("--slurm-gpus", type=nonneg_int, default=1, help="GPUs per SLURM job, 0 or more (default 1)")
-    g.add_argument("--slurm-time", type=positive_int, default=240, help="time limit per job in minutes (default 240)")
-    g.add_argument("--slurm-array-parallelism", type=positive_int, default=None, metavar="N",
-                   help="submit one SLURM job array running at most N runs at once (default: one job per run)")
-    g.add_argument("--local-parallelism", type=positive_int, default=1, metavar="N",
-                   help="--launcher local: jobs running at once on this machine (default 1)")
-    g.add_argument("--no-wait", action="store_true",
-                   help="--launcher slurm: return after submitting; a later --collect builds the tables")
-
-
-def check_launcher_args(args) -> None:
-    if args.no_wait and args.launcher != "slurm":
-        raise UsageError("--no-wait needs --launcher slurm (local jobs end with this process)")
 
 
 def run_job(cfg: ExperimentConfig, out: Path, ctx: Context, runner: Runner | None, threads: int | None,
@@ -100,24 +77,6 @@ def run_direct(pending: list[ExperimentConfig], out: Path, ctx: Context, runner:
 
 
 # ---- submitit --------------------------------------------------------------------------------
-
-def make_executor(args, folder: Path):
-    """A submitit executor for `--launcher local|slurm` with the study's SLURM options."""
-    import submitit
-
-    if args.launcher == "local":
-        executor = submitit.LocalExecutor(folder=folder)
-        executor.update_parameters(timeout_min=args.slurm_time)
-        return executor
-    try:
-        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
-    except RuntimeError as exc:  # no srun on this machine
-        raise UsageError(f"--launcher slurm: {exc} (--launcher local tests the same path here)") from None
-    params = {"timeout_min": args.slurm_time, "gpus_per_node": args.slurm_gpus, "tasks_per_node": 1,
-              "slurm_partition": args.slurm_partition, "slurm_array_parallelism": args.slurm_array_parallelism}
-    executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
-    return executor
-
 
 def run_submitit(pending: list[ExperimentConfig], args, ctx: Context, runner: Runner | None,
                  executor=None) -> list:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from robustlab.crossval import (assign_folds, check_folds, check_probabilities, fold_path, fold_seconds, gather_folds,
+from robustlab.crossval import (assign_folds, check_folds, check_probabilities, fold_path, fold_seconds, gather_aum,
+                                gather_folds,
                                 load_fold, load_pred_probs, missing_folds, run_folds, save_fold, shard_folds)
 from robustlab.errors import UsageError
 
@@ -156,3 +157,54 @@ def test_fold_training_time_is_saved(tmp_path):
     run_folds(folds, C, slow, tmp_path)
     assert 0.1 <= fold_seconds(tmp_path, 2) < 5.0
     assert fold_seconds(tmp_path / "none", 2) == 0.0
+
+
+class AumTrainer(RecordingTrainer):
+    """Also returns an AUM for each trained position: 10 * position + fold, so the mean over the
+    fold models that trained on an image is 10 * position + (sum of the other folds) / (K - 1)."""
+
+    def __call__(self, k, train, heldout):
+        return super().__call__(k, train, heldout), 10.0 * train + k
+
+
+def test_aum_is_the_mean_over_the_fold_models_that_trained_on_each_image(tmp_path):
+    folds = assign_folds(LABELS, 3, seed=0)
+    run_folds(folds, C, AumTrainer(), tmp_path)
+    aum = gather_aum(folds, tmp_path)
+    expected = 10.0 * np.arange(len(LABELS)) + (0 + 1 + 2 - folds) / 2
+    np.testing.assert_allclose(aum, expected, rtol=1e-6)
+    np.testing.assert_allclose(gather_folds(folds, C, tmp_path)[np.arange(len(LABELS)), folds % C], 0.5 + 0.1 * folds,
+                               rtol=1e-6)  # the probabilities are saved as before
+
+
+def test_no_aum_unless_every_fold_has_one(tmp_path):
+    folds = assign_folds(LABELS, 3, seed=0)
+    run_folds(folds, C, RecordingTrainer(), tmp_path)
+    assert gather_aum(folds, tmp_path) is None  # trainers that return only probabilities
+    mixed = tmp_path / "mixed"
+    run_folds(folds, C, AumTrainer(), mixed, shard=(0, 2))
+    assert gather_aum(folds, mixed) is None  # fold 1 missing
+    run_folds(folds, C, RecordingTrainer(), mixed, shard=(1, 2))
+    assert gather_aum(folds, mixed) is None  # fold 1 without AUM
+
+
+@pytest.mark.parametrize("aum, message", [
+    (lambda train: np.zeros(len(train) - 1), "fold 0's AUM: expected 14 finite values, got shape (13,)"),
+    (lambda train: np.full(len(train), np.nan), "fold 0's AUM: expected 14 finite values"),
+])
+def test_a_trainer_returning_bad_aum_saves_nothing(tmp_path, aum, message):
+    folds = assign_folds(LABELS, 3, seed=0)
+
+    def trainer(k, train, heldout):
+        return np.full((len(heldout), C), 1 / C), aum(train)
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        run_folds(folds, C, trainer, tmp_path)
+    assert not fold_path(tmp_path, 0).exists()
+
+
+def test_a_fold_file_with_aum_of_another_size_is_refused(tmp_path):
+    folds = assign_folds(LABELS, 3, seed=0)
+    run_folds(folds, C, AumTrainer(), tmp_path)
+    save_fold(tmp_path, 2, np.flatnonzero(folds == 2), np.full(((folds == 2).sum(), C), 1 / C), train_aum=np.zeros(3))
+    with pytest.raises(UsageError, match="train_aum has 3 values, the fold trains on 14"):
+        gather_aum(folds, tmp_path)

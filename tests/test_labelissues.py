@@ -51,10 +51,12 @@ def test_end_to_end_files_columns_and_rerun(tiny_cifar10, tmp_path, monkeypatch,
     spec = json.loads((out / "noise_estimate.json").read_text())
     # symmetric 0.4 of 80 labels: the report carries the realised rate and T next to the estimate
     assert 0.2 < spec["true_noise_rate"] < 0.6 and len(spec["estimated_transition"]) == 10
-    assert set(spec["detectors"]) == {"confident_learning", "dividemix_gmm", "small_loss"}
+    assert set(spec["detectors"]) == {"confident_learning", "dividemix_gmm", "small_loss", "aum"}
     table = read_csv(out / "detectors.csv")
     assert table[0] == li.DETECTOR_COLUMNS and [r[0] for r in table[1:]] == ["confident_learning", "dividemix_gmm",
-                                                                              "small_loss"]
+                                                                              "small_loss", "aum"]
+    with np.load(out / "folds" / "fold_0.npz") as f:
+        assert f["train_aum"].shape == (40,)  # the AUM of the 40 images fold model 0 trained on
     for name in ("detectors.md", "worst_labels.png", "transition_estimate.png", "folds/fold_0.npz", "folds/fold_1.npz"):
         assert (out / name).exists(), name
     assert not (out / "folds" / "fold_0").exists()  # a finished fold keeps its probabilities, not its checkpoints
@@ -235,3 +237,22 @@ def test_study_note_and_option():
     assert forget_rate_note(runs[2:]) == ""
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--forget-rate", "1.5"])
+
+
+def test_local_launcher_trains_each_fold_in_a_job_and_gives_the_direct_report(tiny_cifar10, tmp_path):
+    direct, local = tmp_path / "direct", tmp_path / "local"
+    assert li.main(argv(tiny_cifar10, direct)) == 0
+    assert li.main(argv(tiny_cifar10, local, "--launcher", "local", "--local-parallelism", "2")) == 0
+    assert len(list((local / "submitit").glob("*_result.pkl"))) == 2  # one job per fold
+    np.testing.assert_array_equal(np.load(local / "pred_probs.npy"), np.load(direct / "pred_probs.npy"))
+    assert read_csv(local / "detectors.csv") == read_csv(direct / "detectors.csv")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--launcher", "local", "--collect"], "--launcher local submits fold training; with --collect or --pred-probs"),
+    (["--launcher", "local", "--no-wait"], "--no-wait needs --launcher slurm"),
+])
+def test_launcher_bad_combinations(tiny_cifar10, tmp_path, capsys, extra, message):
+    assert li.main(argv(tiny_cifar10, tmp_path / "li", *extra)) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "li").exists()
