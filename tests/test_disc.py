@@ -255,6 +255,8 @@ def test_selection_over_epochs_matches_the_official_port():
         st.on_epoch_start(epoch, 6)  # a second call in the same epoch changes nothing
         assert torch.equal(st.w_conf, before) and int(st.rounds) == epoch
     assert port.clean_flags.any() and port.hard_flags.any() and port.correction_flags.any()  # every subset exercised
+    st.on_epoch_start(1, 6)  # another run from epoch 1 (rounds 5): a new selection, not a stale one
+    assert int(st.rounds) == 1 and not torch.equal(st.w_conf, before)
 
 
 # ---- the loss ----------------------------------------------------------------------------------

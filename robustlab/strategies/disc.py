@@ -271,7 +271,7 @@ class DISC(Strategy):
     # ---- selection, once per epoch -------------------------------------------------------------
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
-        if epoch >= 1 and int(self.rounds) < epoch:
+        if epoch >= 1 and int(self.rounds) != epoch:
             sel = select(self.w_probs, self.s_probs, self.labels, self.w_conf, self.s_conf, self.sigma,
                          self.correction_cap)
             self.clean.copy_(sel.clean)
