@@ -210,6 +210,11 @@ def test_correction_threshold_cap_by_hand():
     # sigma 0.6, cap 1: threshold 0.9 exactly at 0.92? (0.3 + 0.6 = 0.9) -> corrected; 0.35 + 0.6 = 0.95 -> not
     assert select(w, s, y, low, low, sigma=0.6, cap=1.0).corrected.tolist() == [True]
     assert select(w, s, y, low + 0.05, low + 0.05, sigma=0.6, cap=1.0).corrected.tolist() == [False]
+    # exactly at the threshold (0.25 + 0.25) / 2 + 0.5 = 0.75: strict '>' leaves it uncorrected
+    at = torch.tensor([[0.0, 0.75, 0.25]])
+    quarter = torch.tensor([0.25])
+    assert select(at, at, y, quarter, quarter).corrected.tolist() == [False]
+    assert select(at, at, y, quarter - 0.125, quarter - 0.125).corrected.tolist() == [True]
     # the mean of both views counts: 0.92 and 0.82 average to 0.87 < 0.9
     s2 = torch.tensor([[0.1, 0.82, 0.08]])
     assert select(w, s2, y, low + 0.15, low + 0.15).corrected.tolist() == [False]
@@ -370,12 +375,12 @@ def test_gradients_reach_the_network_and_an_empty_batch_is_a_zero_loss():
 
 
 def test_only_the_hard_term_with_the_official_batch_fraction():
-    st = _strategy(3, num_train=4, start_epoch=1, lambda_hard=0.5, mixup_alpha=0.0)
+    st = _strategy(3, num_train=4, start_epoch=1, lambda_hard=0.5, mixup_alpha=0.0, gce_q=0.4)
     st.hard[1] = True
     x, y, idx = torch.randn(2, 2, 1, 2, 3), torch.tensor([2, 0]), torch.tensor([1, 2])
     loss = st.train_step(x, y, idx, 1).loss
     wl, sl = st.model(x[:1, 0]), st.model(x[:1, 1])
-    gce = gce_loss(wl, y[:1]) + gce_loss(sl, y[:1])
+    gce = gce_loss(wl, y[:1], 0.4) + gce_loss(sl, y[:1], 0.4)
     mix = F.cross_entropy(wl, y[:1]) + F.cross_entropy(sl, y[:1])
     assert loss.item() == pytest.approx((0.5 * gce / 2 + mix).item(), rel=1e-6)
 
@@ -407,6 +412,23 @@ def test_selection_metrics_by_hand():
     assert without.epoch_metrics() == {"clean_fraction": 3 / 7, "hard_fraction": 1 / 7, "corrected": 3.0}
 
 
+def test_metrics_of_single_samples_and_the_cap_through_the_epoch_start():
+    st = _strategy(3, num_train=3, clean_labels=torch.tensor([0, 1, 2]), start_epoch=1, correction_cap=0.6)
+    st.labels.copy_(torch.tensor([0, 0, -1]))  # sample 1 mislabeled, sample 2 not seen
+    st.w_probs.copy_(torch.tensor([[0.8, 0.1, 0.1], [0.1, 0.7, 0.2], [0.0, 0.0, 0.0]]))
+    st.s_probs.copy_(st.w_probs)
+    st.on_epoch_start(1, 2)
+    # threshold of sample 1: min(1/3 + 0.5, 0.6) = 0.6 < 0.7, corrected to 1 (the default cap 0.9 would not)
+    assert st.clean.tolist() == [True, False, False] and st.corrected.tolist() == [False, True, False]
+    assert st.epoch_metrics() == {"clean_fraction": 0.5, "hard_fraction": 0.0, "corrected": 1.0, "label_precision": 1.0,
+                                  "label_recall": 1.0, "corrected_right": 1.0, "correction_precision": 1.0}
+    one = _strategy(3, num_train=2, start_epoch=1)
+    one.labels[0] = 1
+    one.w_probs[0] = one.s_probs[0] = torch.tensor([0.1, 0.8, 0.1])
+    one.on_epoch_start(1, 2)
+    assert one.epoch_metrics() == {"clean_fraction": 1.0, "hard_fraction": 0.0, "corrected": 0.0}
+
+
 # ---- defaults, presets, views and bad input ----------------------------------------------------
 
 def test_official_defaults_for_each_setting():
@@ -428,6 +450,8 @@ def test_build_resolves_the_official_values_and_scales_them():
         **base, "start_epoch": 20, "momentum": 0.99, "lambda_hard": 1.0, "epoch_scale": 1.0}
     # the nominal rate decides, not the realised one
     assert _strategy(experiment=_experiment("symmetric", 0.6), noise_rate=0.45).options()["lambda_hard"] == 0.2
+    # a label file has no nominal rate (0): the realised one decides
+    assert _strategy(experiment=_experiment("human:worst", 0.0), noise_rate=0.55).options()["momentum"] == 0.95
     # no experiment: the realised rate
     assert _strategy(noise_rate=0.55).options()["momentum"] == 0.95
     quick = _strategy(experiment=_experiment("instance", 0.2), epoch_scale=10.0).options()
@@ -490,6 +514,8 @@ def test_constructor_needs_the_training_set_size_and_two_classes():
     assert one.w_conf.tolist() == [1.0] and one.labels.tolist() == [-1] and one.w_probs.shape == (1, 2)
     assert (one.start_epoch, one.momentum, one.lambda_hard, one.sigma, one.correction_cap, one.gce_q,
             one.mixup_alpha) == (20, 0.99, 1.0, 0.5, 0.9, 0.7, 5.0)
+    assert one.lambda_clean == 1.0 and one.labels.dtype == torch.long and one.rounds.dtype == torch.long
+    assert one.epoch_metrics() == {}  # nothing selected yet
     assert DISC(Linear(), 4, 3).s_conf.tolist() == [0.25] * 4
 
 
