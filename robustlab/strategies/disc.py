@@ -34,9 +34,9 @@ asymmetric noise), sigma 0.5, the correction threshold capped at 0.9, lambda_ce 
 GCE q 0.7 (softmax clamped to >= 1e-7), mixup alpha 5; at noise rates 0.6 and 0.8 lambda_h 0.2 and
 lambda 0.95. Weak view: flip + 4-pixel reflect-padded crop; strong view: the same + RandAugment
 (2 colour operations, magnitude < 5, no geometric ones) + 4-pixel Cutout. The network recipe
-(PreAct ResNet-18 (ResNet-34 for instance noise), SGD lr 0.1, weight decay 1e-3, /10 at epochs 80
-and 160 of 200, batch 128; Adam lr 1e-3 with linear decay from epoch 120 above 60% noise) is the
-run's own here (see `presets`).
+(ResNet-18, ResNet-34 for instance noise; SGD without momentum, lr 0.1, weight decay 1e-3, /10 at
+epochs 80 and 160 of 200, batch 128; Adam lr 1e-3 decaying linearly from epoch 120 above 60% noise)
+is the run's own here (see `presets`).
 
 Short runs (`epoch_scale` = official epochs per run epoch; 1 = the official values): the
 threshold EMA is per epoch, so over 20 or 10 epochs lambda 0.99 would barely move the thresholds
