@@ -41,6 +41,10 @@ batches) keeps the official values; `quick` (20 epochs of 19 batches) and `fast`
 batches) scale t_lr so that lr x steps equals the official run's: 0.01 x 28160 / 380 = 0.74 and
 0.01 x 28160 / 430 = 0.65. The milestones are shares of the run, so they scale by themselves.
 
+As in the official code nothing bounds T away from singular matrices: with a large lam or t_lr the
+volume term can drive det T to 0 and the loss to NaN (on toy data: lam 0.5 with t_lr 5), which
+the engine's NaN guard reports as a diverged run.
+
 Deviations from the official code:
 - T's learning rate is its own option (official: the network's --lr, 0.01 in every setting) and
   its schedule is its own multistep (official: the network's milestones), because the network's
@@ -83,7 +87,8 @@ T_MILESTONES = (30 / 80, 60 / 80)  # MultiStepLR milestones [30, 60] of n_epoch 
 T_GAMMA = 0.1
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam defaults, as the official call
 T_OPTIMIZERS = ("sgd", "adam")
-OFFICIAL_STEPS = 352 * 80      # CIFAR-10: ceil(45000 / 128) batches x 80 epochs
+OFFICIAL_STEPS = 352 * 80      # CIFAR-10: ceil(45000 / 128) batches x 80 epochs at T_LR
+QUICK_STEPS, FAST_STEPS = 19 * 20, 43 * 10  # the study's quick and fast presets (batches x epochs)
 
 
 def transition_from_weight(w: torch.Tensor) -> torch.Tensor:
@@ -143,8 +148,9 @@ class VolMinNet(Strategy):
 
     Config = VolMinNetConfig
     # T's lr scaled to keep lr x steps of the official CIFAR-10 run (28,160 steps at 0.01):
-    # quick 20 epochs x 19 batches, fast 10 epochs x 43 batches; paper keeps the official values.
-    presets: ClassVar[dict[str, dict]] = {"quick": {"t_lr": 0.74}, "paper": {}, "fast": {"t_lr": 0.65}}
+    # quick 20 epochs x 19 batches (0.74), fast 10 epochs x 43 batches (0.65); paper keeps the official values.
+    presets: ClassVar[dict[str, dict]] = {"quick": {"t_lr": round(T_LR * OFFICIAL_STEPS / QUICK_STEPS, 2)}, "paper": {},
+                                          "fast": {"t_lr": round(T_LR * OFFICIAL_STEPS / FAST_STEPS, 2)}}
 
     def __init__(self, model: nn.Module, num_classes: int, lam: float = LAM, init: float = INIT_CIFAR10,
                  t_lr: float = T_LR, t_optimizer: str = "sgd", t_momentum: float = T_MOMENTUM,
