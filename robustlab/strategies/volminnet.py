@@ -60,6 +60,9 @@ Deviations from the official code:
 - The corrected probability is computed only in the label's column, elementwise in float32
   ((p * T[:, y]^T).sum), the same value as torch.mm then gather, but free of bf16 autocast.
 - train_acc is the network's prediction against the noisy labels (official: of p @ T).
+- The official per-epoch matrix files (matrix_epoch_N.npy) are not written: T is in every
+  checkpoint (`t_weight`; `transition()` turns it into T) and its error and mean diagonal are in
+  the history.
 - Under DDP T's gradient is averaged over ranks before its step (the official code is single-GPU).
 """
 from __future__ import annotations
