@@ -383,8 +383,8 @@ def test_official_defaults_follow_the_class_count_and_the_record_names_the_truth
 
 @pytest.mark.parametrize("bad,message", [
     ({"lam": -1e-4}, "lam must be >= 0, got -0.0001"),
-    ({"init": 0}, "init must be > 0 (w starts at -init, off-diagonal entries below the diagonal), got 0.0"),
-    ({"init": -2}, "init must be > 0 (w starts at -init, off-diagonal entries below the diagonal), got -2.0"),
+    ({"init": 0}, "init must be > 0 (w starts at -init: each off-diagonal entry of T below half its diagonal), got 0.0"),
+    ({"init": -2}, "init must be > 0 (w starts at -init: each off-diagonal entry of T below half its diagonal), got -2.0"),
     ({"t_lr": 0}, "t_lr must be > 0, got 0.0"),
     ({"t_lr": -0.01}, "t_lr must be > 0, got -0.01"),
     ({"t_optimizer": "rmsprop"}, "t_optimizer must be one of sgd, adam, got 'rmsprop'"),

@@ -133,7 +133,7 @@ class VolMinNetConfig:
     def validate(self) -> None:
         require(self.lam >= 0, f"lam must be >= 0, got {self.lam}")
         require(self.init is None or self.init > 0,
-                f"init must be > 0 (w starts at -init, off-diagonal entries below the diagonal), got {self.init}")
+                f"init must be > 0 (w starts at -init: each off-diagonal entry of T below half its diagonal), got {self.init}")
         require(self.t_lr > 0, f"t_lr must be > 0, got {self.t_lr}")
         require(self.t_optimizer is None or self.t_optimizer in T_OPTIMIZERS,
                 f"t_optimizer must be one of {', '.join(T_OPTIMIZERS)}, got {self.t_optimizer!r}")
@@ -205,25 +205,25 @@ class VolMinNet(Strategy):
         passed = sum(epoch >= m for m in milestone_epochs(self.t_milestones, num_epochs))
         self.t_lr_now = self.t_lr * self.t_gamma ** passed
 
-    @torch.no_grad()
     def step_transition(self, grad: torch.Tensor) -> None:
         """One step of T's own optimizer on w (torch.optim.SGD / Adam semantics, weight decay 0)."""
-        self.t_steps += 1
-        lr = self.t_lr_now
-        if self.t_optimizer == "sgd":
-            buf = self.t_momentum_buffer
-            if self.t_momentum > 0:
-                buf.mul_(self.t_momentum).add_(grad)
-                grad = buf
-            self.t_weight.add_(grad, alpha=-lr)
-            return
-        beta1, beta2 = ADAM_BETAS
-        step = int(self.t_steps)
-        self.t_momentum_buffer.lerp_(grad, 1 - beta1)
-        self.t_second_moment.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        step_size = lr / (1 - beta1 ** step)
-        denom = (self.t_second_moment.sqrt() / math.sqrt(1 - beta2 ** step)).add_(ADAM_EPS)
-        self.t_weight.addcdiv_(self.t_momentum_buffer, denom, value=-step_size)
+        with torch.no_grad():
+            self.t_steps += 1
+            lr = self.t_lr_now
+            if self.t_optimizer == "sgd":
+                buf = self.t_momentum_buffer
+                if self.t_momentum > 0:
+                    buf.mul_(self.t_momentum).add_(grad)
+                    grad = buf
+                self.t_weight.add_(grad, alpha=-lr)
+                return
+            beta1, beta2 = ADAM_BETAS
+            step = int(self.t_steps)
+            self.t_momentum_buffer.lerp_(grad, 1 - beta1)
+            self.t_second_moment.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            step_size = lr / (1 - beta1 ** step)
+            denom = (self.t_second_moment.sqrt() / math.sqrt(1 - beta2 ** step)).add_(ADAM_EPS)
+            self.t_weight.addcdiv_(self.t_momentum_buffer, denom, value=-step_size)
 
     def after_step(self) -> None:
         if self._t_grad is None:  # no backward pass reached T since the last step
