@@ -111,7 +111,7 @@ def volmin_loss(logits: torch.Tensor, y: torch.Tensor, transition: torch.Tensor,
 
 def estimation_error(estimate, truth) -> float:
     """sum |T_est - T_true| / sum |T_true| (the official tools.error)."""
-    estimate, truth = np.asarray(estimate, dtype=np.float64), np.asarray(truth, dtype=np.float64)
+    estimate, truth = np.asarray(estimate), np.asarray(truth)
     return float(np.abs(estimate - truth).sum() / np.abs(truth).sum())
 
 
@@ -177,8 +177,7 @@ class VolMinNet(Strategy):
     def build(cls, config: VolMinNetConfig, ctx):
         big = ctx.num_classes >= 100
         resolved = replace(config, init=config.init if config.init is not None else (INIT_CIFAR100 if big else INIT_CIFAR10),
-                           t_optimizer=config.t_optimizer or ("adam" if big else "sgd"),
-                           t_milestones=tuple(config.t_milestones))
+                           t_optimizer=config.t_optimizer or ("adam" if big else "sgd"))
         truth = oracle_transition(ctx) if ctx.noise_transition is not None else None
         strategy = cls(ctx.new_model(), ctx.num_classes, resolved.lam, resolved.init, resolved.t_lr,
                        resolved.t_optimizer, resolved.t_momentum, resolved.t_milestones, resolved.t_gamma, truth)
@@ -198,7 +197,7 @@ class VolMinNet(Strategy):
         return transition_from_weight(self.t_weight)
 
     def _catch_gradient(self, grad: torch.Tensor) -> None:
-        grad = grad.detach().to(self.t_weight.dtype)
+        grad = grad.detach()
         self._t_grad = grad if self._t_grad is None else self._t_grad + grad
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
@@ -229,11 +228,8 @@ class VolMinNet(Strategy):
         if self._t_grad is None:  # no backward pass reached T since the last step
             return
         grad, self._t_grad = self._t_grad, None
-        world = distributed.current().world_size
-        if world > 1:
-            distributed.all_reduce_sum(grad)
-            grad = grad / world
-        self.step_transition(grad)
+        distributed.all_reduce_sum(grad)  # a no-op in a single process
+        self.step_transition(grad / distributed.current().world_size)
 
     # ---- training ----------------------------------------------------------------------------------
 
