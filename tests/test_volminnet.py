@@ -133,6 +133,8 @@ def test_initial_transition_by_hand_and_against_the_port():
     assert transition_from_weight(torch.full((10, 10), -2.0)).diagonal().mean().item() == pytest.approx(0.4825, abs=1e-4)
     double = transition_from_weight(torch.full((3, 3), -2.0, dtype=torch.float64))
     assert double.dtype == torch.float64 and torch.allclose(double.sum(1), torch.ones(3, dtype=torch.float64))
+    meta = transition_from_weight(torch.zeros(3, 3, device="meta", dtype=torch.float64))  # T where w lives
+    assert meta.device.type == "meta" and meta.dtype == torch.float64
 
 
 def test_volume_term_by_hand():

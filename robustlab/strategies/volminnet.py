@@ -96,8 +96,7 @@ QUICK_STEPS, FAST_STEPS = 19 * 20, 43 * 10  # the study's quick and fast presets
 
 def transition_from_weight(w: torch.Tensor) -> torch.Tensor:
     """T = row-L1-normalised (I + sigmoid(w) off the diagonal): the official sig_t.forward."""
-    k = w.shape[0]
-    eye = torch.eye(k, dtype=w.dtype, device=w.device)
+    eye = torch.eye(len(w)).to(w)
     return F.normalize(eye + torch.sigmoid(w) * (1 - eye), p=1, dim=1)
 
 
@@ -169,7 +168,7 @@ class VolMinNet(Strategy):
         self.register_buffer("t_momentum_buffer", torch.zeros(num_classes, num_classes))  # SGD momentum / Adam's first moment
         self.register_buffer("t_second_moment", torch.zeros(num_classes, num_classes))  # Adam only
         self.register_buffer("t_steps", torch.zeros((), dtype=torch.long))
-        self.true_transition = None if true_transition is None else np.asarray(true_transition, dtype=np.float64)
+        self.true_transition = None if true_transition is None else np.asarray(true_transition)
         self.t_lr_now = t_lr
         self._t_grad: torch.Tensor | None = None  # T's gradient of the current step, applied in after_step
 
