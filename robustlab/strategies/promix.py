@@ -254,8 +254,7 @@ class ProMixConfig:
     def validate(self) -> None:
         require(self.pretrain_epochs is None or self.pretrain_epochs >= 0,
                 f"pretrain_epochs must be >= 0, got {self.pretrain_epochs}")
-        require(self.rampup_epochs >= 0 and math.isfinite(self.rampup_epochs),
-                f"rampup_epochs must be >= 0, got {self.rampup_epochs}")
+        require(self.rampup_epochs >= 0, f"rampup_epochs must be >= 0, got {self.rampup_epochs}")
         for name in ("rho_start", "rho_end"):
             value = getattr(self, name)
             require(value is None or 0.0 < value <= 1.0, f"{name} must be in (0, 1], got {value}")
@@ -264,7 +263,7 @@ class ProMixConfig:
         require(self.start_expand >= 0, f"start_expand must be >= 0, got {self.start_expand}")
         for name in ("debias_output", "debias_pl"):
             value = getattr(self, name)
-            require(value is None or (value >= 0 and math.isfinite(value)), f"{name} must be >= 0, got {value}")
+            require(value is None or value >= 0, f"{name} must be >= 0, got {value}")
         require(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
         require(0.0 <= self.bias_momentum < 1.0, f"bias_momentum must be in [0, 1), got {self.bias_momentum}")
         require(self.noise_mode in ("auto", "sym", "asym"), f"noise_mode must be auto, sym or asym, got {self.noise_mode!r}")
