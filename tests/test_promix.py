@@ -24,7 +24,7 @@ from robustlab.models import create_model
 from robustlab.schedules import OptimConfig
 from robustlab.strategies import BuildContext, create_strategy, make_config
 from robustlab.strategies import promix as promix_module
-from robustlab.strategies.promix import (ProMix, ProMixConfig, PseudoHeadNet, binarise, classwise_small_loss,
+from robustlab.strategies.promix import (ProMix, ProMixConfig, PseudoHead, PseudoHeadNet, binarise, classwise_small_loss,
                                          debias_logits, debias_probs, fmix_loss, label_guessing, linear_rampup,
                                          low_frequency_image, matched_high_confidence, negative_entropy, soft_ce,
                                          update_distribution)
@@ -695,6 +695,41 @@ def test_prediction_is_the_mean_of_the_primary_heads_and_pseudo_heads_are_listed
     assert isinstance(extra["net1_ph"], PseudoHeadNet) and extra["net1_ph"].head is st.ph1
 
 
+def test_pseudo_head_is_a_fresh_copy_of_the_network_head_with_its_logit_scale():
+    class Scaled(Features):
+        def __init__(self):
+            super().__init__(classes=3, seed=0)
+            self.head = nn.Linear(5, 3, bias=False)
+            self.scale = 0.5
+
+        def forward_head(self, f):
+            return self.head(f) * self.scale
+
+    net = Scaled()
+    torch.manual_seed(1)
+    ph = PseudoHead(net, 3)
+    assert ph.head.bias is None and ph.scale == 0.5 and ph.head is not net.head
+    assert not torch.equal(ph.head.weight, net.head.weight)  # initialised afresh, not the primary head's weights
+    f = torch.randn(4, 5)
+    assert torch.allclose(ph(f), f @ ph.head.weight.T * 0.5)
+
+    class Headless(nn.Module):
+        num_features = 6
+
+    plain = PseudoHead(Headless(), 4)
+    assert isinstance(plain.head, nn.Linear) and (plain.head.in_features, plain.head.out_features) == (6, 4)
+    assert plain.scale == 1.0
+
+
+def test_presets_are_valid_and_keep_the_official_order_of_the_stages():
+    for name, epochs in (("quick", 20), ("paper", 100), ("fast", 10)):
+        options = ProMix.presets[name]
+        cfg = make_config("promix", options)
+        warmup = cfg.pretrain_epochs if cfg.pretrain_epochs is not None else 10
+        # warm-up, then the D_u loss while beta > 0, and LGA in the last start_expand epochs, all inside the run
+        assert 0 < warmup < 2 * cfg.rampup_epochs <= epochs and 0 < cfg.start_expand < epochs - warmup
+
+
 def test_strong_view_adds_geometry_colour_and_cutout_to_the_run_augmentation():
     from types import SimpleNamespace
 
@@ -785,7 +820,7 @@ def test_constructor_needs_features_the_training_set_size_and_two_classes():
     assert (st.pretrain_epochs, st.rampup_epochs, st.rho_start, st.tau, st.threshold, st.start_expand,
             st.debias_output, st.debias_pl, st.temperature, st.bias_momentum, st.penalty) == \
         (10, 50.0, 0.5, 0.99, 0.9, 250, 0.8, 0.8, 0.5, 0.9999, False)
-    assert torch.equal(st.pi1, torch.full((3,), 1 / 3)) and st.ph1.out_features == 3
+    assert torch.equal(st.pi1, torch.full((3,), 1 / 3)) and st.ph1.head.out_features == 3
 
 
 # ---- resume ------------------------------------------------------------------------------------
@@ -823,7 +858,7 @@ def test_fit_learns_and_resume_is_bit_exact(tmp_path):
         run_dir=tmp_path / "part", resume=tmp_path / "part" / "last.pt", quiet=True, num_classes=4,
         train_pass_loader=whole)
     a, b = full.state_dict(), resumed.state_dict()
-    assert {"pi1", "pi2", "pi1_unrel", "pi2_unrel", "ph1.weight", "ph2.bias"} <= set(a)
+    assert {"pi1", "pi2", "pi1_unrel", "pi2_unrel", "ph1.head.weight", "ph2.head.bias"} <= set(a)
     for key in a:
         assert torch.equal(a[key], b[key]), key
 

@@ -1,7 +1,8 @@
 """ProMix (Xiao et al., IJCAI 2023, "ProMix: Combating Label Noise via Maximizing Clean Sample Utility").
 
-Two networks, each with a primary classifier head h and an auxiliary pseudo head h_AP (a second
-linear layer on the same pooled features). After a cross-entropy warm-up (both networks, primary
+Two networks, each with a primary classifier head h and an auxiliary pseudo head h_AP (a freshly
+initialised copy of the network's classifier head on the same pooled features, as the official
+`pseudo_linear` beside `linear`). After a cross-entropy warm-up (both networks, primary
 heads, weak view; plus the negative-entropy penalty for asymmetric noise), before every epoch each
 network scores the whole training set with its primary head and keeps, per given class j, the
 ceil(N / C * rho) samples of smallest CE loss (at least 1, at most the class's size): class-wise
@@ -77,6 +78,7 @@ Deviations from the official code:
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, replace
 from typing import ClassVar
@@ -225,6 +227,27 @@ def fmix_loss(logits: torch.Tensor, targets: torch.Tensor, lam: float, perm: tor
     return F.cross_entropy(logits, hard) * lam + F.cross_entropy(logits, hard[perm]) * (1 - lam)
 
 
+class PseudoHead(nn.Module):
+    """h_AP: a freshly initialised copy of the network's classifier head `head` (a linear layer on
+    the pooled features where it has none), times the network's logit `scale` where it has one
+    (airbench's 1/9), so both heads produce logits alike."""
+
+    def __init__(self, net: nn.Module, num_classes: int):
+        super().__init__()
+        head = getattr(net, "head", None)
+        if isinstance(head, nn.Module):
+            self.head = copy.deepcopy(head)
+            for module in self.head.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+        else:
+            self.head = nn.Linear(net.num_features, num_classes)
+        self.scale = float(getattr(net, "scale", 1.0))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features) * self.scale
+
+
 class PseudoHeadNet(nn.Module):
     """A network's features through its pseudo head h_AP (for evaluation)."""
 
@@ -303,8 +326,7 @@ class ProMix(Strategy):
             require(hasattr(net, "forward_features") and hasattr(net, "num_features"),
                     "ProMix needs a model with forward_features and num_features (its pseudo head shares the features)")
         self.model, self.peer = net1, net2
-        self.ph1 = nn.Linear(net1.num_features, num_classes)
-        self.ph2 = nn.Linear(net2.num_features, num_classes)
+        self.ph1, self.ph2 = PseudoHead(net1, num_classes), PseudoHead(net2, num_classes)
         self.num_train, self.num_classes = num_train, num_classes
         self.pretrain_epochs, self.rampup_epochs = pretrain_epochs, rampup_epochs
         self.rho_start, self.rho_end, self.tau, self.threshold = rho_start, rho_end, tau, threshold
