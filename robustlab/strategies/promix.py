@@ -144,7 +144,7 @@ def negative_entropy(logits: torch.Tensor) -> torch.Tensor:
 def classwise_small_loss(losses: torch.Tensor, labels: torch.Tensor, num_classes: int, rho: float) -> torch.Tensor:
     """CSS: per given class j the max(min(ceil(N / C * rho), n_j), 1) smallest-loss samples -> 0/1 mask."""
     chosen = torch.zeros(len(losses), dtype=torch.bool, device=losses.device)
-    quota = math.ceil(len(losses) / num_classes * rho)
+    quota = math.ceil(len(losses) * (1.0 / num_classes) * rho)  # the official arithmetic, rounding included
     for j in range(num_classes):
         members = (labels == j).nonzero().squeeze(1)
         if len(members) == 0:
@@ -341,7 +341,8 @@ class ProMix(Strategy):
         self.register_buffer("sel2", torch.ones(num_train, dtype=torch.bool), persistent=False)
         self._num_epochs = 0
         self._rho = rho_start
-        self._counts = torch.zeros(3, dtype=torch.long)  # selected, selected and clean, clean (both networks)
+        self._clean: torch.Tensor | None = None  # clean_labels on the training device
+        self._counts: torch.Tensor | None = None  # selected, selected and clean, clean (both networks, this epoch)
 
     @classmethod
     def build(cls, config: ProMixConfig, ctx):
@@ -407,18 +408,22 @@ class ProMix(Strategy):
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         self._num_epochs = num_epochs
-        self._counts = torch.zeros(3, dtype=torch.long)
+        self._counts = None
 
     def record_selection(self, chosen: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> None:
+        """Count (on the device, without a sync) the selected, selected-and-clean and clean samples."""
         if self.clean_labels is None:
             return
-        clean = self.clean_labels.to(y.device)[idx] == y
-        self._counts += torch.tensor([int(chosen.sum()), int((chosen & clean).sum()), int(clean.sum())])
+        if self._clean is None or self._clean.device != y.device:
+            self._clean = self.clean_labels.to(y.device)
+        clean = self._clean[idx] == y
+        counts = torch.stack([chosen.sum(), (chosen & clean).sum(), clean.sum()])
+        self._counts = counts if self._counts is None else self._counts + counts
 
     def epoch_metrics(self) -> dict[str, float]:
         out = {"promix_rho": float(self._rho)}
-        selected, hits, clean = (int(c) for c in self._counts)
-        if clean or selected:
+        if self._counts is not None:
+            selected, hits, clean = self._counts.tolist()
             out["label_precision"] = hits / max(selected, 1)
             out["label_recall"] = hits / max(clean, 1)
         return out
