@@ -636,6 +636,52 @@ def test_step_trains_every_head_and_warmup_only_the_primary_heads():
     assert torch.equal(out.logits, st.model(x[:, 0]).detach())
 
 
+def _heads(st, net, ph, x):
+    f = net.forward_features(x)
+    return net.forward_head(f), ph(f)
+
+
+def test_an_empty_selection_trains_the_pseudo_head_on_the_rest_only():
+    st = _strategy(num_train=12, pretrain_epochs=1, rampup_epochs=4, tau=0.9999, bias_momentum=0.5, start_expand=0)
+    x = torch.randn(12, 2, 1, 2, 2)
+    y = torch.arange(12) % 3
+    st.sel1.zero_()
+    st.sel2.zero_()
+    st.on_epoch_start(2, 10)
+    pis = {k: getattr(st, k).clone() for k in ("pi1", "pi2", "pi1_unrel", "pi2_unrel")}
+    w, beta = 0.5, 0.1 * 2 / 8
+    expected = 0.0
+    for net, ph, pi_u in ((st.model, st.ph1, pis["pi1_unrel"]), (st.peer, st.ph2, pis["pi2_unrel"])):
+        main_w, ph_w = _heads(st, net, ph, x[:, 0])
+        _, ph_s = _heads(st, net, ph, x[:, 1])
+        guess = F.softmax(main_w - 0.8 * pi_u.log(), 1) ** 2
+        guess = guess / guess.sum(1, keepdim=True)
+        expected = expected + beta * (soft_ce(ph_w + 0.8 * pi_u.log(), guess) + w * soft_ce(ph_s + 0.8 * pi_u.log(), guess))
+    out = st.train_step(x, y, torch.arange(12), 2)
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.equal(st.pi1, pis["pi1"]) and torch.equal(st.pi2, pis["pi2"])  # nothing selected: unchanged
+    p1 = st.model(x[:, 0]).softmax(1)
+    assert torch.allclose(st.pi1_unrel, 0.5 * pis["pi1_unrel"] + 0.5 * p1.mean(0).detach(), atol=1e-6)
+
+
+def test_a_full_selection_has_no_unreliable_loss_and_keeps_its_distribution():
+    st = _strategy(num_train=12, pretrain_epochs=1, rampup_epochs=4, bias_momentum=0.5, start_expand=0)
+    x = torch.randn(12, 2, 1, 2, 2)
+    y = torch.arange(12) % 3
+    st.on_epoch_start(2, 10)
+    before = st.pi1_unrel.clone()
+    out = st.train_step(x, y, torch.arange(12), 2)
+    assert torch.isfinite(out.loss) and torch.equal(st.pi1_unrel, before)
+    p1 = st.model(x[:, 0]).softmax(1)
+    assert torch.allclose(st.pi1, 0.5 / 3 + 0.5 * p1.mean(0).detach(), atol=1e-6)
+
+
+def test_fmix_rounds_the_mask_size_up_or_down_at_random():
+    torch.manual_seed(0)
+    sizes = {int(promix_module.fmix_mask(0.3, 3, 3).sum()) for _ in range(30)}
+    assert sizes == {2, 3}  # floor and ceil of 0.3 * 9
+
+
 def test_warmup_adds_the_official_penalty_for_asymmetric_noise():
     st = _strategy(num_train=12, pretrain_epochs=3, noise_mode="asym")
     x = torch.randn(12, 2, 1, 2, 2)

@@ -414,7 +414,7 @@ class ProMix(Strategy):
         """Count (on the device, without a sync) the selected, selected-and-clean and clean samples."""
         if self.clean_labels is None:
             return
-        if self._clean is None or self._clean.device != y.device:
+        if self._clean is None:
             self._clean = self.clean_labels.to(y.device)
         clean = self._clean[idx] == y
         counts = torch.stack([chosen.sum(), (chosen & clean).sum(), clean.sum()])
