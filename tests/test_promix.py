@@ -470,6 +470,7 @@ def test_classwise_small_loss_picks_the_expected_indices():
     losses = torch.tensor([0.9, 0.1, 0.5, 0.3, 0.2, 0.8, 0.4, 0.7])
     # quota ceil(8 / 3 * 0.5) = 2: class 0 keeps 1 and 3, class 1 keeps 4 and 6, class 2 its only one
     assert classwise_small_loss(losses, labels, 3, 0.5).nonzero().squeeze(1).tolist() == [1, 3, 4, 6, 7]
+    assert classwise_small_loss(losses, labels, 3, 0.5).dtype == torch.bool
     # quota ceil(8 / 3 * 0.2) = 1 per class; an absent class (3) is skipped
     assert classwise_small_loss(losses, labels, 4, 0.3).nonzero().squeeze(1).tolist() == [1, 4, 7]
     # the quota is N / C, not the class's size: at rho 1 class 0 (4 of 8 samples) still drops its largest loss
@@ -727,6 +728,16 @@ def test_train_pass_selects_per_network_and_metrics_count_both_networks():
     st.on_epoch_start(2, 5)
     assert st.epoch_metrics() == {"promix_rho": 0.5}
     assert _strategy().epoch_metrics() == {"promix_rho": 0.7}  # no clean labels: the selection is not measured
+
+
+def test_epoch_metrics_divide_by_the_counts_and_never_by_zero():
+    st = _strategy()
+    st._counts = torch.tensor([1, 1, 1])
+    assert st.epoch_metrics() == {"promix_rho": 0.7, "label_precision": 1.0, "label_recall": 1.0}
+    st._counts = torch.tensor([0, 0, 0])
+    assert st.epoch_metrics() == {"promix_rho": 0.7, "label_precision": 0.0, "label_recall": 0.0}
+    st._counts = torch.tensor([4, 3, 6])
+    assert st.epoch_metrics() == {"promix_rho": 0.7, "label_precision": 0.75, "label_recall": 0.5}
 
 
 def test_prediction_is_the_mean_of_the_primary_heads_and_pseudo_heads_are_listed():

@@ -143,7 +143,7 @@ def negative_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 def classwise_small_loss(losses: torch.Tensor, labels: torch.Tensor, num_classes: int, rho: float) -> torch.Tensor:
     """CSS: per given class j the max(min(ceil(N / C * rho), n_j), 1) smallest-loss samples -> 0/1 mask."""
-    chosen = torch.zeros(len(losses), dtype=torch.bool, device=losses.device)
+    chosen = torch.zeros_like(losses, dtype=torch.bool)
     quota = math.ceil(len(losses) * (1.0 / num_classes) * rho)  # the official arithmetic, rounding included
     for j in range(num_classes):
         members = (labels == j).nonzero().squeeze(1)
@@ -399,8 +399,8 @@ class ProMix(Strategy):
         if epoch < self.pretrain_epochs:
             return
         for net, sel in ((self.model, self.sel1), (self.peer, self.sel2)):
-            losses = torch.zeros(self.num_train, device=sel.device)
-            labels = torch.zeros(self.num_train, dtype=torch.long, device=sel.device)
+            losses = sel.new_zeros(self.num_train, dtype=torch.float32)
+            labels = sel.new_zeros(self.num_train, dtype=torch.long)
             for x, y, idx in loader:
                 losses[idx] = F.cross_entropy(net(x).float(), y, reduction="none")
                 labels[idx] = y
