@@ -172,7 +172,7 @@ def label_guessing(selected: torch.Tensor, score1: torch.Tensor, score2: torch.T
     room = int(n * threshold) - count
     candidates = new.nonzero().squeeze(1)
     if len(candidates) > room:
-        order = (-(score1 + score2)[candidates] / 2).sort(stable=True)[1]
+        order = (-(score1 + score2)[candidates]).sort(stable=True)[1]  # descending mean score
         new[candidates[order[room:]]] = False
     return out | new
 
@@ -187,7 +187,7 @@ def low_frequency_image(param: torch.Tensor, height: int, width: int, decay_powe
     fy = torch.fft.fftfreq(height, dtype=torch.float64).view(-1, 1)
     fx = torch.fft.fftfreq(width, dtype=torch.float64)[: width // 2 + 1 + (width % 2)]
     freqs = (fx * fx + fy * fy).sqrt()
-    scale = 1.0 / freqs.clamp(min=1.0 / max(height, width)) ** decay_power
+    scale = freqs.clamp(min=1.0 / max(height, width)) ** -decay_power
     scaled = scale.unsqueeze(-1) * param.double()
     low = torch.fft.irfftn(torch.complex(scaled[0], scaled[1]), s=(height, width))
     low = low - low.min()
