@@ -494,6 +494,7 @@ def test_matched_high_confidence_adds_confident_given_labels_only():
     selected = torch.tensor([False, False, False, True])
     assert matched_high_confidence(selected, probs, labels, 0.99).tolist() == [True, False, False, True]
     assert matched_high_confidence(selected, probs, labels, 0.7).tolist() == [True, False, True, True]
+    assert matched_high_confidence(selected, probs, labels, 0.8).tolist() == [True, False, False, True]  # 0.8 is not > 0.8
 
 
 def test_label_guessing_adds_agreeing_confident_samples_up_to_the_threshold():
@@ -679,7 +680,7 @@ def test_an_empty_selection_trains_the_pseudo_head_on_the_rest_only():
 def test_a_full_selection_has_no_unreliable_loss_and_keeps_its_distribution():
     st = _strategy(num_train=12, pretrain_epochs=1, rampup_epochs=4, bias_momentum=0.5, start_expand=0)
     x = torch.randn(12, 2, 1, 2, 2)
-    y = torch.arange(12) % 3
+    y = torch.arange(12) % 2  # class 2 absent from the batch: one-hot targets still have 3 columns
     st.on_epoch_start(2, 10)
     before = st.pi1_unrel.clone()
     out = st.train_step(x, y, torch.arange(12), 2)
@@ -717,6 +718,8 @@ def test_train_step_needs_two_views():
     with pytest.raises(UsageError) as err:
         st.train_step(torch.randn(4, 1, 2, 2), torch.zeros(4, dtype=torch.long), torch.arange(4), 0)
     assert str(err.value) == "ProMix needs a weak and a strong view per sample: x of shape (N, 2, C, H, W)"
+    with pytest.raises(UsageError):
+        st.train_step(torch.randn(4, 1, 1, 2, 2), torch.zeros(4, dtype=torch.long), torch.arange(4), 0)
 
 
 def test_train_pass_selects_per_network_and_metrics_count_both_networks():

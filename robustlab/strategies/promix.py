@@ -199,7 +199,7 @@ def binarise(image: torch.Tensor, lam: float, round_up: bool) -> torch.Tensor:
     flat = image.flatten()
     order = flat.argsort(descending=True, stable=True)
     num = math.ceil(lam * flat.numel()) if round_up else math.floor(lam * flat.numel())
-    mask = torch.zeros(flat.numel(), dtype=torch.float64)
+    mask = torch.zeros_like(flat)
     mask[order[:num]] = 1.0
     return mask.view(image.shape)
 
