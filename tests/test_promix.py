@@ -897,7 +897,17 @@ def test_constructor_needs_features_the_training_set_size_and_two_classes():
     with pytest.raises(UsageError) as err:
         ProMix(Features(1), Features(1), 10, 1)
     assert str(err.value) == "ProMix needs >= 2 classes, got 1"
+    class NoWidth(nn.Module):
+        def forward_features(self, x):
+            return x
+
+    with pytest.raises(UsageError):
+        ProMix(NoWidth(), NoWidth(), 10, 3)
+    smallest = ProMix(Features(2), Features(2), 1, 2)  # one sample and two classes are enough
+    assert smallest.ph1.head.out_features == smallest.ph2.head.out_features == 2
+    assert {"sel1", "sel2"}.isdisjoint(smallest.state_dict())  # recomputed by every train pass, not checkpointed
     st = ProMix(Features(), Features(), 10, 3)  # the constructor's defaults are the official CIFAR-10 values
+    assert st.rho_end == 0.5 and st._num_epochs == 0
     assert (st.pretrain_epochs, st.rampup_epochs, st.rho_start, st.tau, st.threshold, st.start_expand,
             st.debias_output, st.debias_pl, st.temperature, st.bias_momentum, st.penalty) == \
         (10, 50.0, 0.5, 0.99, 0.9, 250, 0.8, 0.8, 0.5, 0.9999, False)
