@@ -305,6 +305,28 @@ def test_stages_send_gradient_to_the_network_always_and_to_the_slack_only_in_the
     assert st.options()["t_origin"] == "anchor" and st.warmup_length() == 1
 
 
+def test_slack_gradient_is_averaged_over_ranks_before_its_adam_step(monkeypatch):
+    from robustlab import distributed
+    from robustlab.strategies import t_revision as module
+
+    st = _strategy()
+    st.has_transition.fill_(True)
+    x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    leaf = torch.zeros(3, 3, requires_grad=True)
+    revision_loss(st.model(x).detach(), y, st.transition, leaf).backward()
+    seen = []
+    monkeypatch.setattr(module, "adam_step", lambda param, grad, *rest: seen.append((grad.clone(), rest)))
+    st.train_step(x, y, torch.arange(6), 2).loss.backward()  # one process: the gradient as it is
+    peer = torch.arange(9.0).reshape(3, 3)
+    monkeypatch.setattr(distributed, "current", lambda: distributed.DistInfo(0, 2, 0))
+    monkeypatch.setattr(distributed, "all_reduce_sum", lambda t: t.add_(peer))  # the other rank's gradient
+    st.train_step(x, y, torch.arange(6), 2).loss.backward()
+    assert torch.allclose(seen[0][0], leaf.grad, atol=1e-7)
+    assert torch.allclose(seen[1][0], (leaf.grad + peer) / 2, atol=1e-7)
+    assert seen[0][1][3:] == (5e-7, 1e-4) and seen[0][1][0] is st.slack_avg and seen[0][1][1] is st.slack_sq
+    assert seen[0][1][2] is st.slack_steps
+
+
 def test_train_pass_estimates_t_once_from_the_stage_one_network():
     st = _strategy()
     x = torch.randn(10, 4)

@@ -105,8 +105,7 @@ from robustlab.strategies.transition import check_transition, load_transition, o
 
 # Official main.py defaults.
 ESTIMATE_CIFAR10, ESTIMATE_CIFAR100 = 20, 15  # n_epoch_estimate
-REWEIGHT_EPOCHS = 200                         # n_epoch (reweighting)
-REVISION_EPOCHS = 200                         # n_epoch_revision (the rest of an official-length run)
+REWEIGHT_EPOCHS = 200                         # n_epoch (reweighting); n_epoch_revision 200 is the rest of the run
 PERCENTILE = 97.0                             # tools.fit's outlier percentile
 LR_REVISION, WEIGHT_DECAY_REVISION = 5e-7, 1e-4  # Adam of the revision stage
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8     # torch.optim.Adam's defaults, as the official optimizer
@@ -295,6 +294,7 @@ class TRevision(Strategy):
         check_stages(self.estimate_epochs, self.reweight_epochs, num_epochs)
         self._epoch = epoch
 
+    @torch.no_grad()
     def on_train_pass(self, epoch: int, loader) -> None:
         """Before the first epoch after stage 1: T from the network's softmax on every training image."""
         if epoch < self.estimate_epochs or bool(self.has_transition):
