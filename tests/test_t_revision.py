@@ -160,6 +160,9 @@ def test_anchor_point_estimator_rejects_bad_shapes_and_percentiles():
     with pytest.raises(UsageError, match=r"got shape \(0, 3\)$"):
         anchor_point_transition(np.ones((0, 3)))
     assert anchor_point_transition(HAND[:1], filter_outlier=False).shape == (3, 3)  # one sample is enough
+    assert _same(anchor_point_transition(HAND[:, :2], filter_outlier=False),  # two classes are enough
+                 HAND[[0, 3], :2] / HAND[[0, 3], :2].sum(1, keepdims=True))
+    assert _same(anchor_point_transition(HAND, percentile=0.5), HAND[[5, 0, 0]])  # only the minimum is kept
     for bad in (0, -1, 100.5):
         with pytest.raises(UsageError, match=rf"^percentile must be in \(0, 100\], got {bad}$"):
             anchor_point_transition(HAND, percentile=bad)
@@ -190,6 +193,7 @@ def test_importance_weight_by_hand():
     assert importance_weight(logits, torch.tensor([1]), t).item() == pytest.approx(0.3 / 0.36)
     # y = 2: 0.2 / (0.05 + 0.03 + 0.1)
     assert importance_weight(logits, torch.tensor([2]), t).item() == pytest.approx(0.2 / 0.18)
+    assert importance_weight(logits, torch.tensor([2]), t.double()).dtype == torch.float32  # T follows p's dtype
     # a probability that underflows to 0 under a column of zeros: beta 0, not 0 / 0
     dead = torch.tensor([[0.0, 200.0, 0.0]])
     zero_col = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
@@ -278,6 +282,9 @@ def test_stages_send_gradient_to_the_network_always_and_to_the_slack_only_in_the
     st.has_transition.fill_(True)
     x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
     assert [st.stage(e) for e in range(4)] == [1, 2, 3, 3]
+    for epoch in (0, 1, 2):  # every stage reports the network's logits for the training accuracy
+        with torch.no_grad():
+            assert torch.equal(st.train_step(x, y, torch.arange(6), epoch).logits, st.model(x))
     for epoch in (0, 1):
         st.zero_grad()
         out = st.train_step(x, y, torch.arange(6), epoch)
@@ -332,13 +339,15 @@ def test_train_pass_estimates_t_once_from_the_stage_one_network():
     x = torch.randn(10, 4)
     labels = torch.arange(10) % 3
     loader = DeviceLoader(x, labels, 4, lambda v, _generator: v, shuffle=False)
-    with pytest.raises(UsageError, match=r"^T-Revision has no T yet: the anchor-point estimate runs in on_train_pass"):
+    with pytest.raises(UsageError) as err:
         st.train_step(x, labels, torch.arange(10), 1)
+    assert str(err.value) == ("T-Revision has no T yet: the anchor-point estimate runs in on_train_pass before the "
+                              "first epoch after stage 1 (give fit() a train_pass_loader)")
     st.on_train_pass(0, loader)  # still stage 1: nothing
     assert not bool(st.has_transition) and torch.equal(st.transition, torch.eye(3))
     with torch.no_grad():
         st.on_train_pass(1, loader)
-        expected = anchor_point_transition(st.model(x).softmax(1).double().numpy())
+        expected = anchor_point_transition(st.model(x).softmax(1).numpy())
     assert bool(st.has_transition)
     assert np.allclose(st.transition.numpy(), expected, atol=1e-7)
     with torch.no_grad():
@@ -402,10 +411,13 @@ def test_oracle_and_file_transitions_replace_the_estimate(tmp_path):
     assert st.stage(0) == 2 and st.options()["t_origin"] == "oracle"
     path = tmp_path / "t.npy"
     np.save(path, np.array([[0.9, 0.1], [0.4, 0.6]]))
-    st = create_strategy("t_revision", context=_ctx(2), t_source="file", t_file=str(path), estimate_epochs=2)
+    st = create_strategy("t_revision", context=_ctx(2), t_source="file", t_file=str(path), estimate_epochs=2,
+                         reweight_epochs=0)
     assert np.allclose(st.transition.numpy(), [[0.9, 0.1], [0.4, 0.6]])
     assert st.options()["t_origin"] == f"file {path}"
     st.on_train_pass(5, None)  # a given T is never re-estimated (the loader is not even read)
+    st.on_epoch_start(1, 3)
+    assert st.epoch_metrics() == {"stage": 1.0}  # no error before stage 2, even with T known from the start
     np.save(path, np.eye(3))
     with pytest.raises(UsageError, match=r"^t_file .*t\.npy: the transition matrix is 3x3, the dataset has 2 classes$"):
         create_strategy("t_revision", context=_ctx(2), t_source="file", t_file=str(path))
@@ -428,6 +440,7 @@ def test_config_bounds_and_exact_messages(bad, message):
     with pytest.raises(UsageError) as err:
         make_config("t_revision", bad)
     assert str(err.value) == f"strategy 't_revision': {message}"
+    make_config("t_revision", {"percentile": 0.5})
     make_config("t_revision", {"percentile": 100, "weight_decay_revision": 0, "reweight_epochs": 0,
                                "t_source": "oracle", "estimate_epochs": 0})
 
@@ -465,7 +478,14 @@ def test_constructor_checks_its_arguments():
         TRevision(Lin(2), 2, 1, 1, weight_decay_revision=-1)
     with pytest.raises(UsageError, match=r"^T-Revision: the transition matrix is 3x3, the dataset has 2 classes$"):
         TRevision(Lin(2), 2, 1, 1, transition=np.eye(3))
+    with pytest.raises(UsageError, match=r"^the true T: the transition matrix is 3x3, the dataset has 2 classes$"):
+        TRevision(Lin(2), 2, 1, 1, true_transition=np.eye(3))
+    assert TRevision(Lin(2), 2, 0, 1, transition=np.eye(2)).source == "given"
     default = TRevision(Lin(2), 2, 1, 1)
+    assert default.source == "anchor" and default.true_transition is None and not bool(default.has_transition)
+    assert default.epoch_metrics() == {"stage": 1.0}  # before any epoch: stage 1
+    assert default.slack_steps.dtype == torch.long and default.slack_steps.shape == ()
+    assert all(torch.equal(getattr(default, b), torch.zeros(2, 2)) for b in ("slack", "slack_avg", "slack_sq"))
     assert (default.percentile, default.filter_outlier, default.lr_revision, default.weight_decay_revision) == (
         97.0, True, 5e-7, 1e-4)
     assert TRevision(Lin(2), 2, 1, 1, percentile=100, weight_decay_revision=0).percentile == 100

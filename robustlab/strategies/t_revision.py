@@ -81,8 +81,9 @@ Deviations from the official code:
 - The denominator (T^T p)_y is clamped at 1e-12, so a softmax that underflows to 0 gives beta = 0
   instead of 0 / 0; the official code has no clamp.
 - The CIFAR-100 defaults (15 estimate epochs, argmax anchors) are chosen by the class count
-  (>= 100 classes), the CIFAR-10 ones otherwise. Stage 2 and 3 lengths are given as estimate_epochs
-  and reweight_epochs, the revision stage being the rest of the run.
+  (>= 100 classes), the CIFAR-10 ones otherwise. The stage lengths are given as estimate_epochs and
+  reweight_epochs, the revision stage being the rest of the run (official: three epoch counts,
+  20 + 200 + 200).
 - The training accuracy in the history is the network's own prediction against the noisy labels
   (the official one is the argmax of (T + Delta T)^T p).
 """
@@ -118,7 +119,7 @@ def anchor_point_transition(probs, percentile: float = PERCENTILE, filter_outlie
     tools.norm): row i is the probability row of the sample with the largest p_i, after dropping
     (with `filter_outlier`) every p_i at or above the column's `percentile` ('higher' method); rows
     normalised to sum to 1."""
-    eta = np.asarray(probs, dtype=np.float64)
+    eta = np.asarray(probs)
     require(eta.ndim == 2 and eta.shape[0] >= 1 and eta.shape[1] >= 2,
             f"the anchor-point estimate needs an N x K probability matrix with K >= 2, got shape {eta.shape}")
     require(0 < percentile <= 100, f"percentile must be in (0, 100], got {percentile}")
@@ -172,7 +173,8 @@ def adam_step(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, ex
 
 def transition_errors(estimate: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """Frobenius norm of estimate - truth, and the official tools.error (relative L1)."""
-    diff = np.asarray(estimate, dtype=np.float64) - np.asarray(truth, dtype=np.float64)
+    truth = np.asarray(truth)
+    diff = np.asarray(estimate) - truth
     return {"t_error_fro": float(np.linalg.norm(diff)), "t_error": float(np.abs(diff).sum() / np.abs(truth).sum())}
 
 
@@ -263,7 +265,7 @@ class TRevision(Strategy):
         if estimate is None:
             estimate = ESTIMATE_CIFAR100 if k >= 100 else ESTIMATE_CIFAR10
         filter_outlier = config.filter_outlier if config.filter_outlier is not None else k < 100
-        epochs = getattr(getattr(getattr(ctx, "experiment", None), "train", None), "epochs", None)
+        epochs = getattr(getattr(ctx.experiment, "train", None), "epochs", None)
         if epochs is not None:
             check_stages(estimate, config.reweight_epochs, epochs)
         transition = None
@@ -299,9 +301,9 @@ class TRevision(Strategy):
         """Before the first epoch after stage 1: T from the network's softmax on every training image."""
         if epoch < self.estimate_epochs or bool(self.has_transition):
             return
-        probs = torch.zeros(len(loader.labels), self.num_classes, dtype=torch.float64)
+        probs = torch.zeros(len(loader.labels), self.num_classes)
         for x, _, idx in loader:
-            probs[idx.cpu()] = self.model(x).float().softmax(1).double().cpu()
+            probs[idx.cpu()] = self.model(x).float().softmax(1).cpu()
         t = anchor_point_transition(probs.numpy(), self.percentile, self.filter_outlier)
         self.transition.copy_(torch.as_tensor(t, dtype=torch.float32))
         self.has_transition.fill_(True)
@@ -311,7 +313,7 @@ class TRevision(Strategy):
         return (self.transition.double() + self.slack.double()).cpu().numpy()
 
     def _slack_hook(self, grad: torch.Tensor) -> None:
-        grad = grad.detach().to(self.slack.dtype).clone()
+        grad = grad.detach().clone()  # float32, as the leaf
         info = distributed.current()
         if info.enabled:
             distributed.all_reduce_sum(grad)
@@ -339,7 +341,7 @@ class TRevision(Strategy):
 
     def epoch_metrics(self) -> dict[str, float]:
         out = {"stage": float(self.stage(self._epoch))}
-        if bool(self.has_transition) and self._epoch >= self.estimate_epochs:
+        if self._epoch >= self.estimate_epochs:  # T exists from stage 2 on (stage 2 and 3 steps need it)
             out["slack_max"] = float(self.slack.abs().max())
             if self.true_transition is not None:
                 out.update(transition_errors(self.revised_transition(), self.true_transition))
