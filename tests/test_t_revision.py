@@ -573,3 +573,21 @@ def test_runs_end_to_end_in_the_noisy_label_study(cifar10, cifar10_dir, session_
     assert "t_error_fro" not in hist[0] and 0 < hist[1]["t_error_fro"] < 3.2 and 0 < hist[1]["t_error"] <= 2
     assert hist[2]["slack_max"] > 0
     assert 0.0 <= record["metrics"]["test_acc"] <= 1.0
+
+
+def test_study_with_too_few_epochs_for_the_stages_exits_2(cifar10, cifar10_dir, session_cache_dir, tmp_path, capsys):
+    from studies import noisy_labels
+
+    out = tmp_path / "s"
+    argv = ["--noise", "0.4", "--methods", "t_revision", "--epochs", "5", "--train-size", "200", "--val-size", "100",
+            "--test-size", "200", "--data-dir", str(cifar10_dir), "--cache-dir", str(session_cache_dir),
+            "--out", str(out), "--figures-dir", str(out / "fig"), "--quiet", "--model", "tiny_cnn"]
+    code = None
+    try:
+        code = noisy_labels.main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ("t_revision stages estimate_epochs + reweight_epochs = 6 + 7 epochs do not fit the "
+                              "run's 5 epochs") in err[0]
