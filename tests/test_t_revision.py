@@ -489,6 +489,12 @@ def test_constructor_checks_its_arguments():
     assert (default.percentile, default.filter_outlier, default.lr_revision, default.weight_decay_revision) == (
         97.0, True, 5e-7, 1e-4)
     assert TRevision(Lin(2), 2, 1, 1, percentile=100, weight_decay_revision=0).percentile == 100
+    assert TRevision(Lin(2), 2, 1, 0, percentile=0.5).reweight_epochs == 0  # the boundaries are allowed
+    with pytest.raises(UsageError, match=r"^percentile must be in \(0, 100\], got 100.5$"):
+        TRevision(Lin(2), 2, 1, 1, percentile=100.5)
+    given = TRevision(Lin(2), 2, 1, 1, transition=np.array([[0.75, 0.25], [0.5, 0.5]]))  # float64 in, float32 kept
+    assert given.transition.dtype == torch.float32 and bool(given.has_transition)
+    assert torch.equal(given.transition, torch.tensor([[0.75, 0.25], [0.5, 0.5]]))
 
 
 # ---- a run: every stage, and resume ---------------------------------------------------------------
