@@ -143,6 +143,14 @@ def test_anchor_points_by_hand():
     assert np.allclose(anchor_point_transition(lopsided)[0], HAND[1], rtol=0, atol=1e-15)
 
 
+def test_the_outlier_threshold_is_a_value_of_the_column():
+    # percentile 80.2 of 6 values sits at 4.01 in the sorted column: 'higher' takes the value at 5, one ulp above
+    # the one at 4; linear interpolation would round to the value at 4 and drop the 0.5 as well
+    top = np.nextafter(0.5, 1.0)
+    probs = np.array([[0.1, 0.9], [0.2, 0.8], [0.3, 0.7], [0.4, 0.6], [0.5, 0.5], [top, 1 - top]])
+    assert _same(anchor_point_transition(probs, percentile=80.2)[0], probs[4])
+
+
 @pytest.mark.parametrize("filter_outlier", [True, False])
 def test_anchor_points_match_the_official_fit_and_norm(filter_outlier):
     g = torch.Generator().manual_seed(0)
