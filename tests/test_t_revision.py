@@ -230,7 +230,7 @@ def test_reweight_loss_matches_the_official_port_with_beta_detached(seed):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_revision_loss_matches_the_official_port_with_gradient_into_the_slack(seed):
+def test_revision_loss_matches_the_official_port_in_value_and_slack_gradient(seed):
     logits, y, t = _batch(seed)
     g = torch.Generator().manual_seed(seed + 10)
     slack = torch.randn(4, 4, generator=g) * 0.01
@@ -241,10 +241,15 @@ def test_revision_loss_matches_the_official_port_with_gradient_into_the_slack(se
     assert ours.item() == pytest.approx(ref.item(), rel=1e-6)
     ours.backward()
     ref.sum().backward()
-    assert torch.allclose(ours_in.grad, ref_in.grad, rtol=1e-5, atol=1e-7)
     assert torch.allclose(ours_slack.grad, ref_slack.grad, rtol=1e-5, atol=1e-7)
     assert ours_slack.grad.abs().sum() > 0
-    # with a zero slack the value is the reweighting loss, the gradient into the logits is not (beta is live)
+    # the network's gradient is the official reweight_loss's with T + slack (beta not differentiated through
+    # the network), not the official revision loss's, which also follows beta down
+    reweighted_in = logits.clone().requires_grad_(True)
+    OfficialReweightLossPort()(reweighted_in, t + slack, y).sum().backward()
+    assert torch.allclose(ours_in.grad, reweighted_in.grad, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(ours_in.grad, ref_in.grad, rtol=1e-3, atol=1e-5)
+    # with a zero slack the value is the reweighting loss
     zero = torch.zeros(4, 4, requires_grad=True)
     assert revision_loss(logits, y, t, zero).item() == pytest.approx(reweight_loss(logits, y, t).item(), rel=1e-6)
 
