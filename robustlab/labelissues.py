@@ -400,8 +400,13 @@ def _run(args) -> int:
     return 0
 
 
-def run_fold_job(argv: list[str], k: int, total: int) -> int:
-    """One fold inside a submitit job: the same command with --shard k/total, in this process."""
+def run_fold_job(argv: list[str], k: int, total: int, threads: int | None = None) -> int:
+    """One fold inside a submitit job: the same command with --shard k/total, in this process
+    (with the parent's torch thread count under the local launcher, so its numerics match)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     code = main([*argv, "--launcher", "direct", "--shard", f"{k}/{total}", "--quiet"])
     require(code == 0, f"fold {k} exited with status {code}")
     return code
@@ -414,7 +419,12 @@ def submit_folds(args, fold_of: np.ndarray, num_classes: int, out: Path) -> bool
 
     todo = [k for k in missing_folds(fold_of, num_classes, out / "folds") if k in shard_folds(args.folds, args.shard)]
     executor = make_executor(args, out / "submitit")
-    submit = lambda k: (k, executor.submit(run_fold_job, args.argv, k, args.folds))  # noqa: E731
+    threads = None
+    if args.launcher == "local":
+        import torch
+
+        threads = torch.get_num_threads()
+    submit = lambda k: (k, executor.submit(run_fold_job, args.argv, k, args.folds, threads))  # noqa: E731
     queue, active = list(todo), []
     if args.launcher == "slurm" and args.slurm_array_parallelism:
         with executor.batch():  # one job array
