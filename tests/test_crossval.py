@@ -208,3 +208,19 @@ def test_a_fold_file_with_aum_of_another_size_is_refused(tmp_path):
     save_fold(tmp_path, 2, np.flatnonzero(folds == 2), np.full(((folds == 2).sum(), C), 1 / C), train_aum=np.zeros(3))
     with pytest.raises(UsageError, match="train_aum has 3 values, the fold trains on 14"):
         gather_aum(folds, tmp_path)
+
+
+def test_fold_seconds_sum_the_saved_times_and_count_a_file_without_one_as_zero(tmp_path):
+    folds = assign_folds(LABELS, 3, seed=0)
+    for k in range(3):
+        save_fold(tmp_path, k, np.flatnonzero(folds == k), np.full(((folds == k).sum(), C), 1 / C), seconds=2.5 * (k + 1))
+    assert fold_seconds(tmp_path, 3) == pytest.approx(15.0)
+    np.savez(fold_path(tmp_path, 1), heldout=np.flatnonzero(folds == 1), probs=np.full(((folds == 1).sum(), C), 1 / C))
+    assert fold_seconds(tmp_path, 3) == pytest.approx(10.0)  # fold 1 has no time: 0
+
+
+def test_pred_probs_with_pickled_objects_are_refused(tmp_path):
+    path = tmp_path / "p.npy"
+    np.save(path, np.array([{"not": "numbers"}] * 3, dtype=object), allow_pickle=True)
+    with pytest.raises(UsageError, match="cannot read --pred-probs .* as a .npy array"):
+        load_pred_probs(path, 3, C)

@@ -149,9 +149,13 @@ def test_compare_noise_errors_by_hand():
     out = compare_noise(est, 0.25, np.array([[0.7, 0.3], [0.0, 1.0]]))
     assert out["noise_rate_abs_error"] == pytest.approx(0.05)
     assert out["transition_frobenius_error"] == pytest.approx(np.sqrt(0.01 + 0.01 + 0.04 + 0.04))
+    assert out == {"estimated_noise_rate": 0.3, "estimated_transition": [[0.6, 0.4], [0.2, 0.8]],
+                   "true_noise_rate": 0.25, "true_transition": [[0.7, 0.3], [0.0, 1.0]],
+                   "noise_rate_abs_error": pytest.approx(0.05), "transition_frobenius_error": pytest.approx(np.sqrt(0.1))}
     unknown = compare_noise(est, None, None)
-    assert unknown["noise_rate_abs_error"] is None and unknown["transition_frobenius_error"] is None
-    assert unknown["estimated_noise_rate"] == 0.3
+    assert unknown == {"estimated_noise_rate": 0.3, "estimated_transition": [[0.6, 0.4], [0.2, 0.8]],
+                       "true_noise_rate": None, "true_transition": None, "noise_rate_abs_error": None,
+                       "transition_frobenius_error": None}
 
 
 def test_issue_rows_are_worst_first_with_the_documented_columns():
@@ -161,3 +165,17 @@ def test_issue_rows_are_worst_first_with_the_documented_columns():
     rows = issue_rows(np.array([10, 11, 12, 13]), ["a", "b", "c", "d"], np.array([0, 0, 0, 1]), probs, det)
     assert rows == [(11, "b", 0, 1, pytest.approx(0.2), True), (13, "d", 1, 1, pytest.approx(0.2), True),
                     (12, "c", 0, 0, pytest.approx(0.6), False), (10, "a", 0, 0, pytest.approx(0.9), False)]
+
+
+def test_issue_rows_keep_dataset_order_among_equal_qualities():
+    n = 200  # long enough for numpy's default (unstable) sort to reorder ties
+    det = Detection(np.tile([0.5, 0.9], n // 2), np.zeros(n, dtype=bool))
+    rows = issue_rows(np.arange(n) + 1000, [str(i) for i in range(n)], np.zeros(n, dtype=int), np.full((n, 2), 0.5), det)
+    assert [r[0] for r in rows] == [1000 + i for i in range(1, n, 2)] + [1000 + i for i in range(0, n, 2)]
+
+
+def test_extra_detector_scores_are_float64_whatever_their_type():
+    labels = np.array([0, 1, 0, 1])
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    out = run_detectors(DetectorInput(labels, probs, 0.5, 0), {"ints": np.array([3, 1, 2, 0], dtype=np.int8)})
+    assert out["ints"].score.dtype == np.float64 and out["ints"].flags.tolist() == [True, False, True, False]
