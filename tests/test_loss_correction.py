@@ -266,3 +266,56 @@ def test_noisy_label_study_passes_a_t_file_and_names_the_oracle(tmp_path):
     bad = noisy_labels.build_parser().parse_args(["--methods", "forward_t", "--t-file", str(tmp_path / "no.npy")])
     with pytest.raises(UsageError, match="no.npy does not exist"):
         noisy_labels.choose_methods(bad)
+
+
+@pytest.mark.parametrize("cls, loss", [(ForwardT, lambda z, y, s: forward_corrected_loss(z, y, s.transition)),
+                                       (BackwardT, lambda z, y, s: backward_corrected_loss(z, y, torch.linalg.inv(T3)))])
+def test_a_strategy_built_directly_steps_its_corrected_loss_and_says_t_was_given(cls, loss):
+    model = torch.nn.Linear(4, 3)
+    strategy = cls(model, T3.numpy())
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 1, 0])
+    out = strategy.train_step(x, y, torch.arange(5), 0)
+    logits = model(x)
+    torch.testing.assert_close(out.logits, logits)  # what the engine's train accuracy reads
+    torch.testing.assert_close(out.loss, loss(logits, y, strategy).mean(), rtol=1e-5, atol=1e-6)
+    assert strategy.source == "given" and strategy.options()["t_origin"] == "given"
+
+
+def test_a_bad_t_given_directly_is_named_by_the_strategy():
+    with pytest.raises(UsageError, match="^forward_t: the transition matrix has negative entries"):
+        ForwardT(torch.nn.Linear(2, 2), np.array([[1.2, -0.2], [0.0, 1.0]]))
+    with pytest.raises(UsageError, match=r"^strategy 'backward_t': the transition matrix is singular .*; backward "
+                                         r"correction needs an invertible T \(use forward_t\)$"):
+        BackwardT(torch.nn.Linear(2, 2), np.array([[0.5, 0.5], [0.5, 0.5]]))
+
+
+@pytest.mark.parametrize("source, message", [
+    ("file", "t_source=file needs t_file=PATH (.npy or .csv)"),
+    ("estimate", "t_source=estimate needs t_file=PATH (.npy or .csv; robustlab.labelissues writes T.npy)")])
+def test_a_file_source_without_a_file_names_what_to_give(source, message):
+    from robustlab.strategies.transition import TransitionConfig
+    with pytest.raises(UsageError) as err:
+        TransitionConfig(t_source=source).validate()
+    assert str(err.value) == message
+
+
+def test_unreadable_and_one_row_csv_files_name_the_problem(tmp_path):
+    text = tmp_path / "t.csv"
+    text.write_text("0.5,a\n0.5,0.5\n")
+    with pytest.raises(UsageError) as err:
+        load_transition(text)
+    assert str(err.value).startswith(f"t_file {text} is not a readable matrix (could not convert")
+    one = tmp_path / "one.csv"
+    one.write_text("0.5,0.5\n")
+    with pytest.raises(UsageError, match=r"must be square K x K with K >= 2, got shape \(1, 2\)"):
+        load_transition(one)
+
+
+def test_oracle_t_of_the_wrong_size_or_negative_is_named_as_the_oracle():
+    from types import SimpleNamespace
+    with pytest.raises(UsageError) as err:
+        oracle_transition(SimpleNamespace(num_classes=3, noise_transition=np.eye(2)))
+    assert str(err.value) == "the realised noise's transition matrix is (2, 2), the dataset has 3 classes"
+    with pytest.raises(UsageError, match=r"^the realised noise \(oracle\): the transition matrix has negative"):
+        oracle_transition(SimpleNamespace(num_classes=2, noise_transition=np.array([[1.5, -0.5], [0.0, 1.0]])))
