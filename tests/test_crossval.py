@@ -224,3 +224,9 @@ def test_pred_probs_with_pickled_objects_are_refused(tmp_path):
     np.save(path, np.array([{"not": "numbers"}] * 3, dtype=object), allow_pickle=True)
     with pytest.raises(UsageError, match="cannot read --pred-probs .* as a .npy array"):
         load_pred_probs(path, 3, C)
+
+
+def test_gathered_probabilities_are_float32(tmp_path):
+    folds = assign_folds(LABELS, 3, seed=0)
+    run_folds(folds, C, RecordingTrainer(), tmp_path)
+    assert gather_folds(folds, C, tmp_path).dtype == np.float32

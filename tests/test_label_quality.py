@@ -179,3 +179,21 @@ def test_extra_detector_scores_are_float64_whatever_their_type():
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
     out = run_detectors(DetectorInput(labels, probs, 0.5, 0), {"ints": np.array([3, 1, 2, 0], dtype=np.int8)})
     assert out["ints"].score.dtype == np.float64 and out["ints"].flags.tolist() == [True, False, True, False]
+
+
+def test_top_fraction_flags_booleans_and_breaks_ties_in_dataset_order():
+    flags = top_fraction(np.zeros(100), 0.1)
+    assert flags.dtype == bool and np.flatnonzero(flags).tolist() == list(range(10))
+
+
+def test_auroc_reads_integer_labels_as_a_mask():
+    score = np.array([0.1, 0.9, 0.4, 0.8, 0.3])
+    assert auroc(score, np.array([0, 1, 0, 1, 0])) == auroc(score, np.array([False, True, False, True, False])) == 1.0
+
+
+def test_score_detector_without_true_flags_and_on_no_samples():
+    out = score_detector(Detection(np.array([0.9, 0.1, 0.2]), np.array([True, False, False])), np.array([False, True, True]))
+    assert (out["precision"], out["recall"], out["f1"], out["flagged_fraction"]) == (0.0, 0.0, 0.0, pytest.approx(1 / 3))
+    empty = score_detector(Detection(np.array([]), np.array([], dtype=bool)), np.array([], dtype=bool))
+    assert empty == {"flagged": 0, "flagged_fraction": 0.0, "true_errors": 0, "precision": None, "recall": None,
+                     "f1": None, "auroc": None}
