@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab.data import AugmentConfig, BatchAugment, DeviceLoader, Normalize
+from resume_helpers import TOY_MEAN, TOY_STD, flip_toy_labels, toy_eval_loaders
+from robustlab.data import AugmentConfig, BatchAugment, DeviceLoader
 from robustlab.data.augment import MultiView
 from robustlab.engine import TrainConfig, fit
 from robustlab.errors import UsageError
@@ -303,14 +304,10 @@ def _toy(n, size=8, seed=0):
 def test_fit_divides_better_than_chance_and_learns_through_noise():
     n, noise = 160, 0.3
     images, clean = _toy(n + 80)
-    g = torch.Generator().manual_seed(1)
-    flipped = torch.rand(n, generator=g) < noise
-    noisy = torch.where(flipped, (clean[:n] + torch.randint(1, 4, (n,), generator=g)) % 4, clean[:n])
-    mean, std = (0.5,) * 3, (0.25,) * 3
-    augment = MultiView(BatchAugment(AugmentConfig(crop_pad=1, flip=True), mean, std), DivideMix.views)
+    noisy, flipped = flip_toy_labels(clean[:n], noise)
+    augment = MultiView(BatchAugment(AugmentConfig(crop_pad=1, flip=True), TOY_MEAN, TOY_STD), DivideMix.views)
     train = DeviceLoader(images[:n], noisy, 32, augment, seed=0)
-    whole = DeviceLoader(images[:n], noisy, 80, Normalize(mean, std), shuffle=False)
-    test = DeviceLoader(images[n:], clean[n:], 80, Normalize(mean, std), shuffle=False)
+    whole, test = toy_eval_loaders(images, noisy, clean, n, 80, 80)
     torch.manual_seed(0)
     ctx = BuildContext(new_model=lambda: create_model("tiny_cnn", num_classes=4), num_classes=4, num_train=n,
                        noise_rate=float(flipped.float().mean()), clean_train_labels=clean[:n])

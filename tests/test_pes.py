@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab.data import AugmentConfig, BatchAugment, DeviceLoader, Normalize
+from robustlab.data import AugmentConfig, BatchAugment, DeviceLoader
 from robustlab.data.augment import MultiView
 from robustlab.engine import TrainConfig, fit
 from robustlab.errors import UsageError
@@ -22,6 +22,7 @@ from robustlab.schedules import OptimConfig
 from robustlab.strategies import BuildContext, create_strategy, make_config
 from robustlab.strategies import pes as pes_module
 from robustlab.strategies.pes import PES, PESConfig, check_stages, class_weights, layer_groups, reinitialise
+from resume_helpers import TOY_MEAN, TOY_STD, flip_toy_labels, toy_eval_loaders
 from resume_helpers import toy_images as _toy
 
 
@@ -420,15 +421,11 @@ class InterruptAt(DeviceLoader):
 def test_fit_runs_every_stage_and_resume_is_bit_exact(tmp_path, stop, semi):  # re-initialisation, inside stage 4
     n = 96
     images, clean = _toy(n + 40)
-    g = torch.Generator().manual_seed(1)
-    flipped = torch.rand(n, generator=g) < 0.3
-    noisy = torch.where(flipped, (clean[:n] + torch.randint(1, 4, (n,), generator=g)) % 4, clean[:n])
-    mean, std = (0.5,) * 3, (0.25,) * 3
-    augment = BatchAugment(AugmentConfig(crop_pad=1, flip=True), mean, std)
+    noisy, _ = flip_toy_labels(clean[:n], 0.3)
+    augment = BatchAugment(AugmentConfig(crop_pad=1, flip=True), TOY_MEAN, TOY_STD)
     if semi:
         augment = MultiView(augment, 2)
-    whole = DeviceLoader(images[:n], noisy, 48, Normalize(mean, std), shuffle=False)
-    test = DeviceLoader(images[n:], clean[n:], 40, Normalize(mean, std), shuffle=False)
+    whole, test = toy_eval_loaders(images, noisy, clean, n, 48, 40)
     cfg = TrainConfig(epochs=6, batch_size=32, tta="none",
                       optim=OptimConfig(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="constant"))
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd import Variable
 
-from robustlab.data import AugmentConfig, BatchAugment, DeviceLoader, Normalize
+from robustlab.data import AugmentConfig, BatchAugment, DeviceLoader
 from robustlab.engine import TrainConfig, fit
 from robustlab.errors import UsageError
 from robustlab.models import create_model
@@ -24,6 +24,7 @@ from robustlab.schedules import OptimConfig
 from robustlab.strategies import BuildContext, create_strategy, make_config
 from robustlab.strategies.t_revision import (TRevision, adam_step, anchor_point_transition, check_stages,
                                              importance_weight, reweight_loss, revision_loss, transition_errors)
+from resume_helpers import TOY_MEAN, TOY_STD, flip_toy_labels, toy_eval_loaders
 from resume_helpers import toy_images as _toy
 
 
@@ -525,14 +526,10 @@ class InterruptAt(DeviceLoader):
 def test_fit_runs_every_stage_and_resume_is_bit_exact(tmp_path, stop):
     n = 96
     images, clean = _toy(n + 40)
-    g = torch.Generator().manual_seed(1)
-    flipped = torch.rand(n, generator=g) < 0.3
-    noisy = torch.where(flipped, (clean[:n] + torch.randint(1, 4, (n,), generator=g)) % 4, clean[:n])
+    noisy, _ = flip_toy_labels(clean[:n], 0.3)
     truth = np.full((4, 4), 0.1) + np.eye(4) * 0.6
-    mean, std = (0.5,) * 3, (0.25,) * 3
-    augment = BatchAugment(AugmentConfig(crop_pad=1, flip=True), mean, std)
-    whole = DeviceLoader(images[:n], noisy, 48, Normalize(mean, std), shuffle=False)
-    test = DeviceLoader(images[n:], clean[n:], 40, Normalize(mean, std), shuffle=False)
+    augment = BatchAugment(AugmentConfig(crop_pad=1, flip=True), TOY_MEAN, TOY_STD)
+    whole, test = toy_eval_loaders(images, noisy, clean, n, 48, 40)
     cfg = TrainConfig(epochs=5, batch_size=32, tta="none",
                       optim=OptimConfig(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="constant"))
 
