@@ -5,8 +5,6 @@ the per-sample state surviving resume bit-exactly, the selection beating the noi
 data, and a run through the noisy-label study on real CIFAR-10."""
 from __future__ import annotations
 
-import csv
-import json
 import math
 from types import SimpleNamespace
 
@@ -15,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from study_helpers import run_tiny_study
 from robustlab.data import AugmentConfig, BatchAugment, DeviceLoader, Normalize
 from robustlab.data.augment import MultiView
 from robustlab.engine import TrainConfig, fit
@@ -591,17 +590,8 @@ def test_selection_on_noisy_toy_data_beats_the_noise_rate_and_corrects_labels():
 # ---- the noisy-label study on real data ---------------------------------------------------------
 
 def test_runs_end_to_end_in_the_noisy_label_study(cifar10, cifar10_dir, session_cache_dir, tmp_path):
-    from studies import noisy_labels
-
-    out = tmp_path / "study"
-    argv = ["--noise", "0.4", "--methods", "disc", "--epochs", "2", "--train-size", "200", "--val-size", "100",
-            "--test-size", "200", "--data-dir", str(cifar10_dir), "--cache-dir", str(session_cache_dir),
-            "--out", str(out), "--figures-dir", str(out / "fig"), "--quiet", "--model", "tiny_cnn",
-            "--strategy-arg", "disc.start_epoch=1"]
-    assert noisy_labels.main(argv) == 0
-    rows = {r["arm"]: r for r in csv.DictReader(open(out / "table.csv"))}
-    record = next(json.loads(p.read_text()) for p in (out / "records").glob("*.json")
-                  if json.loads(p.read_text())["config"]["tag"] == "noisy_disc")
+    rows, record = run_tiny_study("disc", cifar10_dir, session_cache_dir, tmp_path / "study", 2,
+                                  "--strategy-arg", "disc.start_epoch=1")
     options = record["strategy_options"]
     assert options["epoch_scale"] == 10.0 and options["start_epoch"] == 1  # the quick preset, then the override
     assert options["momentum"] == pytest.approx(0.99 ** 10)

@@ -5,8 +5,6 @@ the class distributions surviving resume bit-exactly, exact messages, and a run 
 noisy-label study on real CIFAR-10."""
 from __future__ import annotations
 
-import csv
-import json
 import math
 import random
 
@@ -16,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from study_helpers import run_tiny_study
 from robustlab.data import AugmentConfig, BatchAugment, DeviceLoader, Normalize
 from robustlab.data.augment import MultiView
 from robustlab.engine import TrainConfig, fit
@@ -957,18 +956,9 @@ def test_fit_learns_and_resume_is_bit_exact(tmp_path):
 # ---- the noisy-label study on real data ---------------------------------------------------------
 
 def test_runs_end_to_end_in_the_noisy_label_study(cifar10, cifar10_dir, session_cache_dir, tmp_path):
-    from studies import noisy_labels
-
-    out = tmp_path / "study"
-    argv = ["--noise", "0.4", "--methods", "promix", "--epochs", "2", "--train-size", "200", "--val-size", "100",
-            "--test-size", "200", "--data-dir", str(cifar10_dir), "--cache-dir", str(session_cache_dir),
-            "--out", str(out), "--figures-dir", str(out / "fig"), "--quiet", "--model", "tiny_cnn",
-            "--strategy-arg", "promix.pretrain_epochs=1"]
-    assert noisy_labels.main(argv) == 0
-    rows = {r["arm"]: r for r in csv.DictReader(open(out / "table.csv"))}
+    rows, record = run_tiny_study("promix", cifar10_dir, session_cache_dir, tmp_path / "study", 2,
+                                  "--strategy-arg", "promix.pretrain_epochs=1")
     row = rows["noisy_promix"]
-    record = next(json.loads(p.read_text()) for p in (out / "records").glob("*.json")
-                  if json.loads(p.read_text())["config"]["tag"] == "noisy_promix")
     assert row["headline"] == "ensemble"
     m = record["metrics"]
     assert float(row["test_acc_ensemble"]) == pytest.approx(m["test_ensemble_acc"])

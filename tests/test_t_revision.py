@@ -5,8 +5,6 @@ slack surviving resume bit-exactly, exact messages for bad input, and a run thro
 noisy-label study."""
 from __future__ import annotations
 
-import csv
-import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd import Variable
 
+from study_helpers import run_tiny_study, tiny_study_argv
 from robustlab.data import AugmentConfig, BatchAugment, DeviceLoader
 from robustlab.engine import TrainConfig, fit
 from robustlab.errors import UsageError
@@ -569,18 +568,10 @@ def test_fit_runs_every_stage_and_resume_is_bit_exact(tmp_path, stop):
 # ---- the noisy-label study on real data ---------------------------------------------------------
 
 def test_runs_end_to_end_in_the_noisy_label_study(cifar10, cifar10_dir, session_cache_dir, tmp_path):
-    from studies import noisy_labels
-
-    out = tmp_path / "study"
-    argv = ["--noise", "0.4", "--methods", "t_revision", "--epochs", "3", "--train-size", "200", "--val-size", "100",
-            "--test-size", "200", "--data-dir", str(cifar10_dir), "--cache-dir", str(session_cache_dir),
-            "--out", str(out), "--figures-dir", str(out / "fig"), "--quiet", "--model", "tiny_cnn",
-            "--strategy-arg", "t_revision.estimate_epochs=1", "--strategy-arg", "t_revision.reweight_epochs=1"]
-    assert noisy_labels.main(argv) == 0
-    rows = {r["arm"]: r for r in csv.DictReader(open(out / "table.csv"))}
+    rows, record = run_tiny_study("t_revision", cifar10_dir, session_cache_dir, tmp_path / "study", 3,
+                                  "--strategy-arg", "t_revision.estimate_epochs=1",
+                                  "--strategy-arg", "t_revision.reweight_epochs=1")
     assert set(rows) == {"clean_ce", "noisy_t_revision"}
-    record = next(json.loads(p.read_text()) for p in (out / "records").glob("*.json")
-                  if json.loads(p.read_text())["config"]["tag"] == "noisy_t_revision")
     opts = record["strategy_options"]
     assert (opts["estimate_epochs"], opts["reweight_epochs"], opts["lr_revision"]) == (1, 1, 2.6e-4)  # quick's lr
     hist = record["history"]
@@ -594,10 +585,7 @@ def test_runs_end_to_end_in_the_noisy_label_study(cifar10, cifar10_dir, session_
 def test_study_with_too_few_epochs_for_the_stages_exits_2(cifar10, cifar10_dir, session_cache_dir, tmp_path, capsys):
     from studies import noisy_labels
 
-    out = tmp_path / "s"
-    argv = ["--noise", "0.4", "--methods", "t_revision", "--epochs", "5", "--train-size", "200", "--val-size", "100",
-            "--test-size", "200", "--data-dir", str(cifar10_dir), "--cache-dir", str(session_cache_dir),
-            "--out", str(out), "--figures-dir", str(out / "fig"), "--quiet", "--model", "tiny_cnn"]
+    argv = tiny_study_argv("t_revision", cifar10_dir, session_cache_dir, tmp_path / "s", 5)
     code = None
     try:
         code = noisy_labels.main(argv)

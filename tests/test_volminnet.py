@@ -5,8 +5,6 @@ MultiStepLR, T moving toward the true T on toy data, T and its optimizer state s
 bit-exactly, a run through the noisy-label study, and exact messages for bad options."""
 from __future__ import annotations
 
-import csv
-import json
 import math
 
 import numpy as np
@@ -15,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from study_helpers import run_tiny_study
 from robustlab.corruptions import noise_report
 from robustlab.data import DeviceLoader, Normalize
 from robustlab.distributed import DistInfo
@@ -461,17 +460,8 @@ def test_fit_learns_and_resume_is_bit_exact(tmp_path, t_optimizer):
 # ---- the noisy-label study on real data -----------------------------------------------------------------
 
 def test_runs_end_to_end_in_the_noisy_label_study(cifar10, cifar10_dir, session_cache_dir, tmp_path):
-    from studies import noisy_labels
-
-    out = tmp_path / "study"
-    argv = ["--noise", "0.4", "--methods", "volminnet", "--epochs", "2", "--train-size", "200", "--val-size", "100",
-            "--test-size", "200", "--data-dir", str(cifar10_dir), "--cache-dir", str(session_cache_dir),
-            "--out", str(out), "--figures-dir", str(out / "fig"), "--quiet", "--model", "tiny_cnn"]
-    assert noisy_labels.main(argv) == 0
-    rows = {r["arm"]: r for r in csv.DictReader(open(out / "table.csv"))}
+    rows, record = run_tiny_study("volminnet", cifar10_dir, session_cache_dir, tmp_path / "study")
     assert "noisy_volminnet" in rows
-    record = next(json.loads(p.read_text()) for p in (out / "records").glob("*.json")
-                  if json.loads(p.read_text())["config"]["tag"] == "noisy_volminnet")
     options = record["strategy_options"]
     assert options["t_lr"] == 0.74 and options["t_optimizer"] == "sgd"  # the quick preset on CIFAR-10
     assert options["t_true_source"] == "oracle (realised noise)"
