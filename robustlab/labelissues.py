@@ -52,7 +52,7 @@ from robustlab.crossval import (assign_folds, check_folds, fold_seconds, gather_
                                 missing_folds, run_folds, shard_folds)
 from robustlab.errors import UsageError, cli_entry, require
 from robustlab.fileio import atomic_write, read_json, write_json, write_text
-from robustlab.launch import add_launcher_args, check_launcher_args, make_executor
+from robustlab.launch import add_launcher_args, check_launcher_args, job_failure, make_executor
 from robustlab.label_quality import (ISSUE_COLUMNS, DetectorInput, compare_noise, estimate_noise, issue_rows,
                                      run_detectors, score_detector)
 
@@ -444,11 +444,8 @@ def submit_folds(args, fold_of: np.ndarray, num_classes: int, out: Path) -> bool
             continue
         for k, job in done:
             active.remove((k, job))
-            exc = job.exception()
-            if exc is not None:
-                lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-                raise UsageError(f"fold {k} failed in job {job.job_id}: {lines[-1] if lines else type(exc).__name__} "
-                                 f"(log: {job.paths.stderr})")
+            reason = job_failure(job)
+            require(reason is None, f"fold {k} failed in job {job.job_id}: {reason} (log: {job.paths.stderr})")
             if queue:
                 active.append(submit(queue.pop(0)))
     return True

@@ -51,3 +51,12 @@ def make_executor(args, folder: Path):
               "slurm_partition": args.slurm_partition, "slurm_array_parallelism": args.slurm_array_parallelism}
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
     return executor
+
+
+def job_failure(job) -> str | None:
+    """The last line of a finished submitit job's exception (its type if empty), or None if it succeeded."""
+    exc = job.exception()
+    if exc is None:
+        return None
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__

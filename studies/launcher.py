@@ -13,7 +13,8 @@ from typing import Callable
 
 from robustlab.config import Context, ExperimentConfig
 from robustlab.errors import require
-from robustlab.launch import LAUNCHERS, add_launcher_args, check_launcher_args, make_executor  # noqa: F401 (re-exported)
+from robustlab.launch import (LAUNCHERS, add_launcher_args, check_launcher_args, job_failure,  # noqa: F401 (re-exported)
+                             make_executor)
 
 Runner = Callable[[ExperimentConfig, Path, Context], "dict | None"]
 
@@ -133,9 +134,5 @@ def run_submitit(pending: list[ExperimentConfig], args, ctx: Context, runner: Ru
 
 
 def _raise_if_failed(cfg: ExperimentConfig, job) -> None:
-    exc = job.exception()
-    if exc is None:
-        return
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    reason = lines[-1].strip() if lines else type(exc).__name__
-    require(False, f"run {cfg.run_id} failed in job {job.job_id}: {reason} (log: {job.paths.stderr})")
+    reason = job_failure(job)
+    require(reason is None, f"run {cfg.run_id} failed in job {job.job_id}: {reason} (log: {job.paths.stderr})")
