@@ -52,12 +52,12 @@ from robustlab.crossval import (assign_folds, check_folds, fold_seconds, gather_
                                 missing_folds, run_folds, shard_folds)
 from robustlab.errors import UsageError, cli_entry, require
 from robustlab.fileio import atomic_write, read_json, write_json, write_text
-from robustlab.launch import add_launcher_args, check_launcher_args, job_failure, make_executor
+from robustlab.launch import add_launcher_args, check_launcher_args, job_failure, make_executor, parse_shard
+from robustlab.recipes import PRESETS
 from robustlab.label_quality import (ISSUE_COLUMNS, DetectorInput, compare_noise, estimate_noise, issue_rows,
                                      run_detectors, score_detector)
 
 DEFAULT_FOLDS = 5
-PRESETS = ("quick", "paper", "fast")
 DETECTOR_COLUMNS = ["detector", "flagged", "flagged_fraction", "true_errors", "precision", "recall", "f1", "auroc"]
 
 
@@ -178,7 +178,7 @@ def build_parser() -> Parser:
                    help="K: folds of the training split, 2 .. the smallest class (default 5)")
     g.add_argument("--seed", type=nonneg_int, default=0, help="split, noise draws, fold assignment and fold models")
     g.add_argument("--clean-val", action="store_true", help="clean validation labels for the fold models (default noisy)")
-    g.add_argument("--shard", type=_shard, default=None, metavar="I/N", help="train only folds k with k %% N == I; no report")
+    g.add_argument("--shard", type=parse_shard, default=None, metavar="I/N", help="train only folds k with k %% N == I; no report")
     g.add_argument("--resume", action="store_true", help="continue an unfinished fold from its last epoch")
     g.add_argument("--collect", action="store_true", help="train nothing; write the report from the finished folds")
     g.add_argument("--pred-probs", default=None, metavar="PATH",
@@ -194,18 +194,12 @@ def build_parser() -> Parser:
     return p
 
 
-def _shard(text: str):
-    from studies.common import parse_shard
-
-    return parse_shard(text)
-
-
 def build_config(args) -> ExperimentConfig:
     from robustlab.corruptions import NOISE_TYPES
     from robustlab.models import require_model
-    from studies.noisy_labels import preset
+    from robustlab.recipes import noisy_label_preset
 
-    cfg = preset(args.preset)
+    cfg = noisy_label_preset(args.preset)
     if args.model and args.model != cfg.model:
         cfg.model, cfg.model_kwargs = args.model, {}  # the preset's model arguments belong to its own model
     cfg.seed, cfg.tag, cfg.strategy = args.seed, "labelissues", StrategyConfig("ce")

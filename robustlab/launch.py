@@ -14,6 +14,17 @@ from robustlab.errors import UsageError
 LAUNCHERS = ("direct", "local", "slurm")
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """--shard I/N: this process runs share I (0-based) of N."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N such as 0/4, got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"need 0 <= I < N, got {text!r}")
+    return i, n
+
+
 def add_launcher_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("launching runs")
     g.add_argument("--launcher", choices=LAUNCHERS, default="direct",

@@ -18,6 +18,8 @@ from robustlab.errors import UsageError
 from robustlab.settings import LookaheadConfig, OptimConfig
 
 RECIPES = ("default", "fast")
+PRESETS = ("quick", "paper", "fast")  # the studies' --preset
+QUICK_WIDTH = 16  # airbench_s base width of the noisy-label quick preset (README: demo trade-off table)
 
 FAST_BATCH = 1024
 FAST_MOMENTUM = 0.85
@@ -53,6 +55,41 @@ def apply_recipe(cfg: ExperimentConfig, name: str) -> ExperimentConfig:
         apply_fast_recipe(cfg)
         if cfg.strategy.name == "ce":
             cfg.strategy.options.setdefault("smoothing", FAST_SMOOTHING)
+    return cfg
+
+
+def fast_config(model: str = "airbench") -> ExperimentConfig:
+    """The fast preset: `model` (airbench by default) with airbench94's recipe on the 45k/5k split,
+    10 epochs, plain cross-entropy (the recipe's label smoothing is left to the arms)."""
+    cfg = ExperimentConfig()
+    cfg.model, cfg.data.val_size = model, 5000
+    return apply_fast_recipe(cfg)
+
+
+def noisy_label_preset(name: str) -> ExperimentConfig:
+    """The noisy-label presets (studies.noisy_labels, robustlab.labelissues). quick: airbench_s at
+    width 16 (0.13M parameters) on 5,000 images for 20 epochs with airbench94's recipe scaled to
+    batch 256, flip only: about 2.5 minutes for the demo's three arms on a 2-core CPU. paper:
+    PreAct ResNet-18 on 45k images. fast: airbench with its 10-epoch recipe on 45k images (each
+    method's `presets["fast"]` scales its own schedule to the 10 epochs). No TTA in any of them."""
+    if name not in PRESETS:
+        raise UsageError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    if name == "fast":
+        cfg = fast_config()
+    elif name == "quick":
+        cfg = ExperimentConfig()
+        cfg.model, cfg.model_kwargs = "airbench_s", {"width": QUICK_WIDTH}
+        cfg.data.train_size, cfg.data.val_size, cfg.data.test_size = 5000, 500, 2000
+        apply_fast_recipe(cfg, epochs=20, batch_size=256)
+        cfg.augment.crop_pad = 0  # flip only: lets plain CE memorize the noise within the budget
+    else:
+        cfg = ExperimentConfig()
+        cfg.model = "preact_resnet18"
+        cfg.data.val_size = 5000
+        cfg.train.epochs, cfg.train.batch_size = 100, 128
+        cfg.train.optim = OptimConfig(optimizer="sgd", lr=0.02, weight_decay=5e-4, schedule="warmup_cosine",
+                                      warmup_epochs=2)
+    cfg.train.tta = "none"
     return cfg
 
 

@@ -24,11 +24,12 @@ from robustlab.config import Context, ExperimentConfig
 from robustlab.errors import UsageError
 from robustlab.fileio import write_text
 from robustlab.plugins import add_plugin_arg
+from robustlab.launch import parse_shard
+from robustlab.recipes import PRESETS, fast_config
 from robustlab.records import find_record
 from robustlab.settings import OptimConfig
 from studies.launcher import add_launcher_args, check_launcher_args, run_direct, run_submitit
 
-PRESETS = ("quick", "paper", "fast")
 
 
 def study_parser(name: str, description: str, dataset: str = "cifar10", smoothing: bool = False,
@@ -122,16 +123,6 @@ def split_sizes(runs: list[Run]) -> str:
     return " / ".join(parts) + " images"
 
 
-def fast_config(model: str = "airbench") -> ExperimentConfig:
-    """The fast preset: `model` (airbench by default) with airbench94's recipe (robustlab.recipes) on
-    the 45k/5k split, 10 epochs, plain cross-entropy (the recipe's label smoothing is left to the arms)."""
-    from robustlab.recipes import apply_fast_recipe
-
-    cfg = ExperimentConfig()
-    cfg.model, cfg.data.val_size = model, 5000
-    return apply_fast_recipe(cfg)
-
-
 def sgd_recipe(preset: str, quick_train: int, quick_test: int, quick_epochs: int) -> ExperimentConfig:
     """The standard CIFAR recipe: SGD nesterov, warm-up + cosine, crop + flip, flip TTA.
 
@@ -153,16 +144,6 @@ def sgd_recipe(preset: str, quick_train: int, quick_test: int, quick_epochs: int
     cfg.augment.crop_pad, cfg.augment.flip = 4, True
     cfg.train.tta = "flip"
     return cfg
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected I/N such as 0/4, got {text!r}") from None
-    if n < 1 or not 0 <= i < n:
-        raise argparse.ArgumentTypeError(f"need 0 <= I < N, got {text!r}")
-    return i, n
 
 
 def select_shard(configs: list[ExperimentConfig], shard: tuple[int, int] | None) -> list[ExperimentConfig]:

@@ -27,8 +27,8 @@ from robustlab.config import ExperimentConfig, StrategyConfig
 from robustlab.errors import UsageError, cli_entry
 from robustlab.fileio import write_text
 from robustlab.noise_types import NOISE_TYPES, has_nominal_rate
-from robustlab.settings import OptimConfig
-from studies.common import (PRESETS, accuracy_summary, describe_preset_defaults, fast_config, forget_rate_note,
+from robustlab.recipes import noisy_label_preset
+from studies.common import (PRESETS, accuracy_summary, describe_preset_defaults, forget_rate_note,
                             history_rows, plot_curves, save_figure, split_sizes, study_parser)
 from studies.skeleton import Results, Study, Table, run_study, seeds_of
 
@@ -36,34 +36,9 @@ COLUMNS = ["arm", "noise_type", "noise_rate", "realized_noise", "test_acc_last",
            "test_acc_val_selected", "headline", "test_acc_net1", "test_acc_net2", "test_acc_ensemble",
            "label_precision", "label_recall", "aum_auroc", "test_acc_best_oracle", "wall_seconds"]
 KEYS = ["arm", "noise_type", "noise_rate"]
-QUICK_WIDTH = 16  # airbench_s base width of the quick preset (README: demo trade-off table)
 
 
-def preset(name: str) -> ExperimentConfig:
-    """quick: airbench_s at width 16 (0.13M parameters) on 5,000 images for 20 epochs with airbench94's
-    recipe scaled to batch 256 (robustlab.recipes), flip only: about 2.5 minutes for the demo's three
-    arms on a 2-core CPU. paper: PreAct ResNet-18 on 45k images. fast: airbench with its 10-epoch
-    recipe on 45k images (each method's `presets["fast"]` scales its own schedule to the 10 epochs)."""
-    if name == "fast":
-        cfg = fast_config()
-        cfg.train.tta = "none"
-        return cfg
-    cfg = ExperimentConfig()
-    if name == "quick":
-        from robustlab.recipes import apply_fast_recipe
-
-        cfg.model, cfg.model_kwargs = "airbench_s", {"width": QUICK_WIDTH}
-        cfg.data.train_size, cfg.data.val_size, cfg.data.test_size = 5000, 500, 2000
-        apply_fast_recipe(cfg, epochs=20, batch_size=256)
-        cfg.augment.crop_pad = 0  # flip only: lets plain CE memorize the noise within the budget
-    else:
-        cfg.model = "preact_resnet18"
-        cfg.data.val_size = 5000
-        cfg.train.epochs, cfg.train.batch_size = 100, 128
-        cfg.train.optim = OptimConfig(optimizer="sgd", lr=0.02, weight_decay=5e-4, schedule="warmup_cosine",
-                                      warmup_epochs=2)
-    cfg.train.tta = "none"
-    return cfg
+preset = noisy_label_preset
 
 
 def build_arms(base: ExperimentConfig, methods: dict[str, StrategyConfig], noise: float, noise_type: str,

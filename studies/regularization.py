@@ -19,11 +19,12 @@ import sys
 
 from robustlab.cli import apply_data_args, apply_train_args, context_from_args, unit_rate
 from robustlab.errors import cli_entry
+from robustlab.recipes import fast_config
 from robustlab.config import ExperimentConfig
 from robustlab.settings import OptimConfig
 from robustlab.train import parse_model_args
-from studies.common import (apply_label_noise, describe_preset_defaults, fast_config, history_rows, plot_curves,
-                            require_model, split_sizes, study_parser)
+from studies.common import (apply_label_noise, describe_preset_defaults, history_rows, plot_curves, require_model,
+                            split_sizes, study_parser)
 from studies.regularization_arms import (ABLATIONS, Settings, ablation_of, arm_name, build_arms,  # noqa: F401
                                         check_models, describe)
 from studies.skeleton import Results, Study, Table, run_study, seeds_of

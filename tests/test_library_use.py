@@ -37,3 +37,20 @@ def test_supcon_then_probe_on_user_batches():
     assert loss.ndim == 0 and torch.isfinite(loss) and loss > 0
     probe = FrozenEncoderClassifier(pre.model, num_classes=2, head="linear")
     assert probe.predict(images.float() / 255).shape == (8, 2)
+
+
+def test_the_library_never_imports_the_studies():
+    """Layers import only downward: studies use robustlab, never the reverse (nested imports too)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "robustlab"
+    upward = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            upward += [f"{path.relative_to(root.parent)}:{node.lineno} {n}" for n in names
+                       if n == "studies" or n.startswith("studies.")]
+    assert len(list(root.rglob("*.py"))) > 50  # the walk saw the package
+    assert upward == []
