@@ -4,9 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robustlab.data.augment import AugmentConfig, BatchAugment, Normalize, crop_padded, cutout, hflip, normalize
+from robustlab.data.augment import (AugmentConfig, BatchAugment, MultiView, Normalize, _uniform, affine,
+                                    alternating_flip_mask, crop_padded, cutout,
+                                    hflip, normalize)
 from robustlab.data.loader import DeviceLoader
 from robustlab.errors import UsageError
+from robustlab.seeds import mixed_seed
 
 
 def grid(n: int = 1, c: int = 1, h: int = 4, w: int = 4) -> torch.Tensor:
@@ -125,6 +128,78 @@ def test_normalize_by_hand():
     out = Normalize((0.0, 0.2, 0.5), (1.0, 0.2, 0.5))(u8)
     assert out.dtype == torch.float32
     assert torch.allclose(out, torch.tensor([[[[0.0, 1.0]], [[0.0, 1.0]], [[1.0, -1.0]]]]))
+
+
+# ---- affine (pixel maps that land on pixel centres are exact under bilinear sampling) ----------
+
+def odd_grid(n: int = 2) -> torch.Tensor:
+    return grid(n=n, c=2, h=5, w=5)
+
+
+def affine_of(x, angle=0.0, shear=0.0, scale=1.0, mode="reflect"):
+    n = len(x)
+    return affine(x, torch.full((n,), float(angle)), torch.full((n,), float(shear)), torch.full((n,), float(scale)), mode)
+
+
+def test_affine_at_zero_angle_zero_shear_unit_scale_is_the_identity():
+    x = odd_grid()
+    assert torch.allclose(affine_of(x), x, atol=1e-4)
+
+
+def test_affine_rotation_by_90_degrees_is_rot90_and_by_180_mirrors_both_axes():
+    x = odd_grid()
+    # out[i, j] = in[j, 4 - i]: a positive angle turns the image counter-clockwise, as torchvision's rotate.
+    assert torch.allclose(affine_of(x, angle=90), torch.rot90(x, 1, dims=(2, 3)), atol=1e-3)
+    assert torch.allclose(affine_of(x, angle=-90), torch.rot90(x, -1, dims=(2, 3)), atol=1e-3)
+    assert torch.allclose(affine_of(x, angle=180), x.flip(2, 3), atol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "zeros"])
+def test_affine_shear_of_45_degrees_shifts_each_row_by_its_distance_from_the_centre(mode):
+    x = odd_grid(1)
+    out = affine_of(x, shear=45, mode=mode)
+    for i in range(5):
+        for j in range(5):
+            src = j + (i - 2)  # x_in = x_out + tan(45) * y_out, in pixels of a square image
+            # grid_sample's reflection mirrors about the image border, so the edge pixel repeats.
+            sym = -src - 1 if src < 0 else 9 - src if src >= 5 else src
+            want = x[0, :, i, sym] if mode == "reflect" or 0 <= src < 5 else torch.zeros(2)
+            assert torch.allclose(out[0, :, i, j], want, atol=1e-3), (i, j)
+
+
+def test_affine_zoom_scales_distances_from_the_centre():
+    ramp = torch.arange(5.0).view(1, 1, 1, 5).expand(1, 1, 5, 5).contiguous()  # bilinear is exact on a ramp
+    out = affine_of(ramp, scale=2.0)
+    assert torch.allclose(out[0, 0, 0], 2 + (torch.arange(5.0) - 2) / 2, atol=1e-4)  # zoom in: half the distance
+    assert torch.allclose(affine_of(ramp, scale=0.5)[0, 0, 2, 1:4], torch.tensor([0.0, 2.0, 4.0]), atol=1e-4)
+
+
+def test_affine_applies_the_shear_after_the_rotation_per_sample():
+    x = odd_grid()
+    both = affine(x, torch.tensor([90.0, 0.0]), torch.tensor([45.0, 0.0]), torch.tensor([1.0, 1.0]), "zeros")
+    step = affine_of(affine_of(x[:1], shear=45, mode="zeros"), angle=90, mode="zeros")
+    assert torch.allclose(both[:1], step, atol=1e-3)  # input = shear(rotate(output))
+    assert torch.allclose(both[1:], x[1:], atol=1e-4)  # the second sample's own parameters: identity
+
+
+def test_uniform_draws_cover_exactly_the_interval():
+    u = _uniform(20000, -3.0, 5.0, torch.Generator().manual_seed(0), "cpu")
+    assert u.min() >= -3.0 and u.max() <= 5.0
+    assert u.min() < -2.99 and u.max() > 4.99
+    assert u.mean().item() == pytest.approx(1.0, abs=0.05)
+
+
+def test_multiview_stacks_independent_reproducible_views():
+    x = torch.randint(0, 256, (4, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    mv = MultiView(BatchAugment(AugmentConfig(crop_pad=2), (0.5,) * 3, (0.5,) * 3), views=3)
+    torch.manual_seed(1)
+    a = mv(x, torch.Generator().manual_seed(7))
+    torch.manual_seed(2)  # the global RNG must not matter: every draw comes from the generator
+    b = mv(x, torch.Generator().manual_seed(7))
+    assert a.shape == (4, 3, 3, 8, 8) and torch.equal(a, b)
+    assert not torch.equal(a[:, 0], a[:, 1])
+    with pytest.raises(UsageError, match="MultiView needs views >= 2, got 1"):
+        MultiView(mv.augment, views=1)
 
 
 # ---- BatchAugment -----------------------------------------------------------------------------
@@ -310,3 +385,149 @@ def test_mismatched_or_empty_data_raise_usage_error():
         DeviceLoader(images, labels[:5], 4, identity)
     with pytest.raises(UsageError, match="empty"):
         DeviceLoader(images[:0], labels[:0], 4, identity)
+
+
+def test_epoch_permutation_and_augment_generators_are_seeded_by_seed_epoch_and_stream():
+    images, labels = encoded(50)
+    seeds = []
+
+    def record(x, g):
+        seeds.append(g.initial_seed())
+        return x.long()
+
+    loader = DeviceLoader(images, labels, 50, record, seed=3)
+    loader.set_epoch(4)
+    order = next(iter(loader))[2]
+    want = torch.randperm(50, generator=torch.Generator().manual_seed(mixed_seed(3, 4, 0)))
+    assert torch.equal(order, want) and seeds == [mixed_seed(3, 4, 0)]
+    seeds.clear()
+    for rank in range(2):  # one shared permutation, but each rank's augmentations from its own stream
+        ranked = DeviceLoader(images, labels, 50, record, seed=3, rank=rank, world_size=2)
+        ranked.set_epoch(4)
+        assert torch.equal(next(iter(ranked))[2], want[rank::2])
+    assert seeds == [mixed_seed(3, 4, 1), mixed_seed(3, 4, 2)]
+
+
+# ---- BatchAugment draws each parameter from its documented range -------------------------------
+
+def _spy(monkeypatch, name):
+    """Record the arguments of robustlab.data.augment.<name> and pass them on."""
+    import robustlab.data.augment as augment_module
+
+    calls, real = [], getattr(augment_module, name)
+
+    def spy(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(augment_module, name, spy)
+    return calls
+
+
+def test_crop_offsets_cover_every_shift_of_the_pad_and_keep_the_pad_mode():
+    x = (grid(n=400, c=1, h=6, w=6) % 200 + 1).to(torch.uint8)  # distinct, non-zero pixels.expand(400, 3, 6, 6).contiguous()
+    aug = BatchAugment(AugmentConfig(crop_pad=2, pad_mode="reflect", flip=False), (0.0,) * 3, (1 / 255,) * 3)
+    out = aug(x, torch.Generator().manual_seed(0))[:, 0]
+    shifts = set()
+    for n in range(400):
+        found = [(oy, ox) for oy in range(5) for ox in range(5)
+                 if torch.allclose(out[n], crop_padded(x[n:n + 1, :1].float(), torch.tensor([oy]), torch.tensor([ox]), 2)[0, 0],
+                                  atol=1e-3)]
+        assert len(found) == 1
+        shifts.add(found[0])
+    assert shifts == {(oy, ox) for oy in range(5) for ox in range(5)}  # reflect padding: no zero ever appears
+    assert bool((out > 0.5).all())
+
+
+def test_random_and_alternating_flips_of_batch_augment(monkeypatch):
+    x = torch.randint(1, 256, (64, 3, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    base = Normalize(MEAN, STD)(x)
+    rand = BatchAugment(AugmentConfig(crop_pad=0, flip=True), MEAN, STD)
+    coin = torch.rand(64, generator=torch.Generator().manual_seed(3)) < 0.5
+    assert torch.equal(rand(x, torch.Generator().manual_seed(3)), hflip(base, coin))
+    alt = BatchAugment(AugmentConfig(crop_pad=0, flip=True, flip_mode="alternate"), MEAN, STD)
+    idx = torch.arange(100, 164)
+    for epoch in (0, 1):
+        got = alt(x, torch.Generator().manual_seed(3), idx=idx, epoch=epoch)
+        assert torch.equal(got, hflip(base, alternating_flip_mask(idx, epoch)))
+    # Without the index or the epoch the alternating flip falls back to the random coin.
+    assert torch.equal(alt(x, torch.Generator().manual_seed(3), idx=idx), hflip(base, coin))
+    assert torch.equal(alt(x, torch.Generator().manual_seed(3), epoch=1), hflip(base, coin))
+    assert not torch.equal(hflip(base, coin), hflip(base, alternating_flip_mask(idx, 1)))
+
+
+@pytest.mark.parametrize("rotate, shear, zoom", [(30.0, 0.0, 0.0), (0.0, 10.0, 0.0), (0.0, 0.0, 0.25), (30.0, 10.0, 0.25)])
+def test_affine_parameters_are_drawn_symmetric_about_the_identity(monkeypatch, rotate, shear, zoom):
+    calls = _spy(monkeypatch, "affine")
+    x = torch.randint(0, 256, (2000, 3, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    BatchAugment(AugmentConfig(crop_pad=0, flip=False, pad_mode="zeros", rotate=rotate, shear=shear, zoom=zoom),
+                 MEAN, STD)(x, torch.Generator().manual_seed(1))
+    (_, angle, sh, scale, mode), = calls
+    assert mode == "zeros"
+    for values, centre, half in ((angle, 0.0, rotate), (sh, 0.0, shear), (scale, 1.0, zoom)):
+        assert values.min() >= centre - half and values.max() <= centre + half
+        if half:
+            assert values.min() < centre - 0.95 * half and values.max() > centre + 0.95 * half
+        else:
+            assert bool((values == centre).all())
+
+
+def test_colour_jitter_factors_are_drawn_in_one_plus_minus_jitter(monkeypatch):
+    names = ("adjust_brightness", "adjust_contrast", "adjust_saturation")
+    calls = {name: _spy(monkeypatch, name) for name in names}
+    affine_calls = _spy(monkeypatch, "affine")
+    x = torch.randint(0, 256, (2000, 3, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    BatchAugment(AugmentConfig(crop_pad=0, flip=False, jitter=0.4), MEAN, STD)(x, torch.Generator().manual_seed(1))
+    assert affine_calls == []  # no geometric augmentation asked for
+    for name in names:
+        (_, factors), = calls[name]
+        assert factors.min() >= 0.6 and factors.max() <= 1.4
+        assert factors.min() < 0.62 and factors.max() > 1.38
+
+
+@pytest.mark.parametrize("op", ["brightness", "contrast", "saturation", "hue"])
+def test_colour_ops_match_torchvision_with_a_factor_per_image(op):
+    import torchvision.transforms.functional as TF
+
+    from robustlab.data import color
+
+    images = torch.rand(4, 3, 5, 6, generator=torch.Generator().manual_seed(0))
+    factors = torch.tensor([-0.3, 0.1, 0.45, 0.0]) if op == "hue" else torch.tensor([0.0, 0.5, 1.0, 1.7])
+    got = getattr(color, f"adjust_{op}")(images, factors)
+    for n in range(4):
+        want = getattr(TF, f"adjust_{op}")(images[n], float(factors[n]))
+        assert torch.allclose(got[n], want, atol=1e-5), (op, n)
+    gray = color.to_grayscale(images)
+    assert gray.shape == (4, 1, 5, 6)
+    assert torch.allclose(gray, TF.rgb_to_grayscale(images), atol=1e-6)
+
+
+def test_loader_defaults_start_at_epoch_zero_on_rank_zero():
+    images, labels = encoded(40)
+    fresh = DeviceLoader(images, labels, 40, identity, seed=2)
+    zero = DeviceLoader(images, labels, 40, identity, seed=2)
+    zero.set_epoch(0)
+    assert torch.equal(next(iter(fresh))[2], next(iter(zero))[2])
+    default_rank = DeviceLoader(images, labels, 40, identity, seed=2, world_size=2)
+    assert torch.equal(next(iter(default_rank))[2], next(iter(zero))[2][0::2])
+    one = DeviceLoader(images[:1], labels[:1], 1, identity)  # a single image in batches of one is a valid loader
+    assert len(one) == 1 and next(iter(one))[2].tolist() == [0]
+
+
+def test_loader_hands_the_index_and_epoch_to_an_alternating_flip():
+    images, labels = encoded(32)
+    aug = BatchAugment(AugmentConfig(crop_pad=0, flip=True, flip_mode="alternate"), (0.5,) * 3, (0.5,) * 3)
+    loader = DeviceLoader(images, labels, 8, aug, seed=1)
+    loader.set_epoch(5)
+    for x, _, idx in loader:
+        assert torch.equal(x, hflip(Normalize((0.5,) * 3, (0.5,) * 3)(images[idx]), alternating_flip_mask(idx, 5)))
+
+
+def test_loader_error_messages_are_exact():
+    images, labels = encoded(10)
+    for args, message in (((images, labels[:5], 4), "images and labels differ in length"),
+                          ((images[:0], labels[:0], 4), "empty dataset"),
+                          ((images, labels, 0), "batch size must be >= 1, got 0")):
+        with pytest.raises(UsageError) as err:
+            DeviceLoader(*args, identity)
+        assert str(err.value) == message

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -357,3 +358,16 @@ def test_class_folder_without_images_names_the_folder(png_folder, tmp_path):
             load_dataset(f"imagefolder:{root}", cache_dir=tmp_path / "cache", skip_bad_images=skip)
         assert str(info.value) == (f"class folder {empty} has no images (.png, .jpg, .jpeg, .bmp); "
                                    f"add images or remove the folder")
+
+
+def test_default_data_and_cache_dirs_follow_the_environment(monkeypatch, tmp_path):
+    from robustlab.data.datasets import default_cache_dir, default_data_dir
+
+    monkeypatch.delenv("ROBUSTLAB_DATA", raising=False)
+    monkeypatch.delenv("ROBUSTLAB_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert default_data_dir() == Path("data")
+    assert default_cache_dir() == tmp_path / ".cache" / "robustlab"
+    monkeypatch.setenv("ROBUSTLAB_DATA", "/d")
+    monkeypatch.setenv("ROBUSTLAB_CACHE", "/c")
+    assert (default_data_dir(), default_cache_dir()) == (Path("/d"), Path("/c"))
