@@ -437,3 +437,82 @@ def test_after_step_hook_runs_once_per_optimizer_step_on_the_updated_weights():
         assert not torch.equal(after, st.seen[i])
         if i + 1 < len(st.seen):
             assert torch.equal(after, st.seen[i + 1])
+
+
+# ---- gradient clipping, class inference, what a run prints ---------------------------------------
+
+def one_step_change(grad_clip: float) -> tuple[float, float]:
+    """(norm of the weight change of one plain SGD step at lr 1, norm of that step's gradient)."""
+    torch.manual_seed(0)
+    images = torch.randint(0, 255, (32, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(32) % 4
+    norm = Normalize((0.5,) * 3, (0.25,) * 3)
+    st = CrossEntropy(create_model("tiny_cnn", num_classes=4))
+    before = [p.detach().clone() for p in st.parameters()]
+    probe = CrossEntropy(create_model("tiny_cnn", num_classes=4))
+    probe.load_state_dict(st.state_dict())
+    probe.train()
+    probe.train_step(norm(images), labels, torch.arange(32), 0).loss.backward()
+    grad = torch.sqrt(sum((p.grad ** 2).sum() for p in probe.parameters())).item()
+    cfg = TrainConfig(epochs=1, batch_size=32, tta="none", grad_clip=grad_clip, precision="fp32",
+                      optim=OptimConfig(optimizer="sgd", lr=1.0, momentum=0.0, nesterov=False, weight_decay=0.0,
+                                        schedule="constant"))
+    fit(st, DeviceLoader(images, labels, 32, norm, seed=0), cfg, quiet=True, num_classes=4)
+    change = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(st.parameters(), before))).item()
+    return change, grad
+
+
+def test_grad_clip_caps_the_global_gradient_norm_of_a_step():
+    free, grad = one_step_change(0.0)
+    assert free == pytest.approx(grad, rel=1e-4)  # lr 1, no momentum: the step is the gradient
+    clipped, _ = one_step_change(grad / 4)
+    assert clipped == pytest.approx(grad / 4, rel=1e-3)
+    loose, _ = one_step_change(grad * 4)  # a cap above the norm changes nothing
+    assert loose == pytest.approx(grad, rel=1e-4)
+
+
+def test_the_number_of_classes_is_read_off_the_head():
+    from types import SimpleNamespace
+
+    from robustlab.engine import _infer_classes
+
+    assert _infer_classes(CrossEntropy(create_model("tiny_cnn", num_classes=7))) == 7
+    mlp = SimpleNamespace(model=SimpleNamespace(head=nn.Sequential(nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 3))))
+    assert _infer_classes(mlp) == 3
+    for headless in (SimpleNamespace(model=nn.Identity()), SimpleNamespace(model=SimpleNamespace(head=nn.ReLU()))):
+        with pytest.raises(UsageError) as err:
+            _infer_classes(headless)
+        assert str(err.value) == "cannot infer the number of classes; pass num_classes to fit()"
+
+
+def test_summary_line_lists_the_rows_numbers():
+    from robustlab.engine import _summary
+
+    row = {"epoch": 3, "lr": 0.012345, "train_loss": 1.5, "train_acc": 0.25, "val_acc": 0.5, "test_acc": 0.75,
+           "label_precision": 0.875, "seconds": 2.04, "images_per_s": 1234.4}
+    assert _summary(row, 10) == ("epoch 3/10 | lr 0.01235 | train_loss 1.5000 | train_acc 0.2500 | val_acc 0.5000 | "
+                                 "test_acc 0.7500 | label_precision 0.8750 | 2.0s (1234 img/s)")
+    bare = {"epoch": 1, "lr": 1.0, "train_loss": 0.25, "seconds": 1.0, "images_per_s": 10.0}
+    assert _summary(bare, 2) == "epoch 1/2 | lr 1 | train_loss 0.2500 | 1.0s (10 img/s)"
+
+
+def test_a_run_prints_one_summary_per_epoch_unless_quiet(tmp_path, capsys):
+    cfg = sgd(epochs=2)
+    train, val, test = loaders(n_train=64)
+    fit(new_strategy(0), train, cfg, val, test, run_dir=tmp_path / "a", quiet=True, num_classes=10)
+    assert capsys.readouterr().err == ""
+    fit(new_strategy(0), train, cfg, val, test, run_dir=tmp_path / "b", quiet=False, num_classes=10)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ") and " | lr " in line]
+    assert [line.split(" | ")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+
+
+def test_resume_and_early_stop_are_announced(tmp_path, capsys):
+    torch.manual_seed(0)
+    cfg = sgd(epochs=6, early_stop_patience=1)
+    cfg.optim.lr, cfg.optim.schedule = 1e-12, "constant"  # validation never improves after epoch 1
+    train, val, test = loaders(n_train=64)
+    fit(new_strategy(0), train, cfg, val, test, run_dir=tmp_path, quiet=False, num_classes=10)
+    assert "early stop: no validation improvement for 1 epochs" in capsys.readouterr().err.splitlines()
+    fit(new_strategy(0), train, cfg, val, test, run_dir=tmp_path, resume=tmp_path / "last.pt", quiet=False,
+        num_classes=10)
+    assert f"resumed from {tmp_path / 'last.pt'} after epoch 2" in capsys.readouterr().err.splitlines()
