@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
 import socket
 from pathlib import Path
@@ -107,6 +108,74 @@ def test_splits_are_deterministic_by_seed(cifar10):
     assert torch.equal(a.val.images, b.val.images) and torch.equal(a.train.images, b.train.images)
     assert not torch.equal(a.val.images, c.val.images)
     assert len(set(image_hashes(a.val.images)) & set(image_hashes(c.val.images))) < 100
+
+
+# ---- the same split rules on a small synthetic set (every image unique: its index is in its pixels) ----
+
+def indexed(n: int, classes: int = 10, offset: int = 0) -> ImageDataset:
+    """n images whose first pixel encodes their index; label = index % classes; coarse = label // 5."""
+    idx = torch.arange(offset, offset + n)
+    images = torch.zeros(n, 3, 2, 2, dtype=torch.uint8)
+    images[:, 0, 0, 0], images[:, 1, 0, 0] = idx % 256, idx // 256
+    images[:, 2] = (idx % 7 * 30).to(torch.uint8).view(n, 1, 1)  # statistics that differ between subsets
+    labels = idx % classes
+    return ImageDataset(images, labels, [f"c{k}" for k in range(classes)], labels // 5, ["low", "high"])
+
+
+def index_of(ds: ImageDataset) -> list[int]:
+    return (ds.images[:, 0, 0, 0].long() + 256 * ds.images[:, 1, 0, 0].long()).tolist()
+
+
+def test_synthetic_splits_are_class_balanced_disjoint_and_record_their_positions():
+    train, test = indexed(1000), indexed(300, offset=5000)
+    s = make_splits(train, test, val_size=200, train_size=500, test_size=100, seed=3)
+    assert len(s.val) == 200 and len(s.train) == 500 and len(s.test) == 100
+    assert s.val.labels.bincount().tolist() == [20] * 10 and s.train.labels.bincount().tolist() == [50] * 10
+    assert s.test.labels.bincount().tolist() == [10] * 10
+    assert index_of(s.train) == s.train_index.tolist() and index_of(s.val) == s.val_index.tolist()
+    assert [i - 5000 for i in index_of(s.test)] == s.test_index.tolist()
+    assert s.train_index.tolist() == sorted(s.train_index.tolist()) and s.val_index.tolist() == sorted(s.val_index.tolist())
+    assert not set(s.train_index.tolist()) & set(s.val_index.tolist())
+    assert torch.equal(s.train.coarse_labels, s.train.labels // 5) and s.train.coarse_classes == ["low", "high"]
+    assert (s.mean, s.std) == channel_stats(s.train.images) != channel_stats(train.images)
+    assert s.num_classes == 10 and s.classes == train.classes
+    other = make_splits(train, test, val_size=200, train_size=500, test_size=100, seed=4)
+    again = make_splits(train, test, val_size=200, train_size=500, test_size=100, seed=3)
+    assert other.test_index.tolist() == s.test_index.tolist()  # the test subset does not follow the seed
+    assert other.val_index.tolist() != s.val_index.tolist() and other.train_index.tolist() != s.train_index.tolist()
+    assert again.val_index.tolist() == s.val_index.tolist() and again.train_index.tolist() == s.train_index.tolist()
+
+
+def test_synthetic_full_sizes_keep_every_image_and_the_test_set_itself():
+    train, test = indexed(100), indexed(50, offset=5000)
+    s = make_splits(train, test, val_size=20, train_size=80, test_size=50, seed=0)
+    assert sorted(s.train_index.tolist() + s.val_index.tolist()) == list(range(100))
+    assert s.test is test and s.test_index.tolist() == list(range(50))
+    t = make_splits(train, test, val_size=0, train_size=None, seed=0)
+    assert t.val is None and t.val_index is None and t.train_index.tolist() == list(range(100))
+    smallest = make_splits(train, test, val_size=90, train_size=10, test_size=10, seed=1)
+    assert smallest.train.labels.bincount().tolist() == [1] * 10 and smallest.test.labels.bincount().tolist() == [1] * 10
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"val_size": 91}, "validation size 91 plus training size 10 exceeds the 100 training images"),
+    ({"val_size": 50, "train_size": 51}, "validation size 50 plus training size 51 exceeds the 100 training images"),
+    ({"val_size": -1}, "--val-size must be >= 0, got -1"),
+    ({"val_size": 10, "train_size": 9}, "--train-size must be at least the number of classes (10), got 9"),
+    ({"val_size": 10, "test_size": 9}, "--test-size must be at least the number of classes (10), got 9"),
+])
+def test_impossible_synthetic_splits_name_the_sizes(kwargs, message):
+    with pytest.raises(UsageError) as err:
+        make_splits(indexed(100), indexed(50, offset=5000), **kwargs)
+    assert str(err.value) == message
+
+
+def test_a_class_too_rare_to_split_is_a_usage_error():
+    train = indexed(100)
+    train.labels[:] = 0
+    train.labels[0] = 1  # one image of class 1 cannot go to both sides
+    with pytest.raises(UsageError, match="cannot take a class-balanced subset of 50 from 100 images"):
+        make_splits(train, indexed(50, offset=5000), val_size=50, seed=0)
 
 
 def test_val_size_zero_keeps_the_whole_training_set(tiny_cifar10):
@@ -303,6 +372,38 @@ def test_cache_with_wrong_content_is_rebuilt(tmp_path):
     assert cache.get("other") is None
     npz = next(tmp_path.glob("*.npz"))
     np.savez(npz, a=np.arange(6, dtype=np.int64))  # a valid file with other content: checksum mismatch
+    assert cache.get("k") is None
+
+
+def test_cache_files_are_named_by_key_and_checked_by_content(tmp_path, capsys):
+    from robustlab.data.cache import ArrayCache, _digest
+
+    cache = ArrayCache(tmp_path / "new" / "dir")  # created on first write
+    arrays = {"b": np.arange(6, dtype=np.uint8).reshape(2, 3), "a": np.ones(2)}
+    cache.put("cifar10|train", arrays)
+    stem = hashlib.sha1(b"cifar10|train").hexdigest()[:16]
+    assert sorted(p.name for p in (tmp_path / "new" / "dir").iterdir()) == [f"{stem}.json", f"{stem}.npz"]
+    meta = json.loads((tmp_path / "new" / "dir" / f"{stem}.json").read_text())
+    assert meta == {"key": "cifar10|train", "sha256": _digest(arrays)}
+    got = cache.get("cifar10|train")
+    assert sorted(got) == ["a", "b"] and np.array_equal(got["b"], arrays["b"]) and got["b"].dtype == np.uint8
+    # The digest sees names, dtypes, shapes and bytes, and not the dict's order.
+    assert _digest(dict(reversed(list(arrays.items())))) == _digest(arrays)
+    for other in ({"c": arrays["b"], "a": arrays["a"]}, {"b": arrays["b"].astype(np.int8), "a": arrays["a"]},
+                  {"b": arrays["b"].reshape(3, 2), "a": arrays["a"]}, {"b": arrays["b"] + 1, "a": arrays["a"]}):
+        assert _digest(other) != _digest(arrays)
+    (tmp_path / "new" / "dir" / f"{stem}.json").unlink()  # half a cache entry is a miss, without a word
+    assert cache.get("cifar10|train") is None and capsys.readouterr().err == ""
+
+
+def test_an_unwritable_cache_only_warns(tmp_path, capsys):
+    from robustlab.data.cache import ArrayCache
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    cache = ArrayCache(blocker / "cache")
+    cache.put("k", {"a": np.arange(3)})
+    assert capsys.readouterr().err.startswith(f"robustlab: cannot write cache in {blocker / 'cache'} (")
     assert cache.get("k") is None
 
 
