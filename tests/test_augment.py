@@ -428,13 +428,11 @@ def test_crop_offsets_cover_every_shift_of_the_pad_and_keep_the_pad_mode():
     x = (grid(n=400, c=1, h=6, w=6) % 200 + 1).to(torch.uint8)  # distinct, non-zero pixels.expand(400, 3, 6, 6).contiguous()
     aug = BatchAugment(AugmentConfig(crop_pad=2, pad_mode="reflect", flip=False), (0.0,) * 3, (1 / 255,) * 3)
     out = aug(x, torch.Generator().manual_seed(0))[:, 0]
-    shifts = set()
-    for n in range(400):
-        found = [(oy, ox) for oy in range(5) for ox in range(5)
-                 if torch.allclose(out[n], crop_padded(x[n:n + 1, :1].float(), torch.tensor([oy]), torch.tensor([ox]), 2)[0, 0],
-                                  atol=1e-3)]
-        assert len(found) == 1
-        shifts.add(found[0])
+    src, n = x[:, :1].float(), len(x)
+    match = torch.stack([torch.isclose(out, crop_padded(src, torch.full((n,), oy), torch.full((n,), ox), 2)[:, 0],
+                                       atol=1e-3).flatten(1).all(1) for oy in range(5) for ox in range(5)], dim=1)
+    assert match.sum(1).tolist() == [1] * n  # each output is exactly one shift of its image
+    shifts = {divmod(int(k), 5) for k in match.float().argmax(1)}
     assert shifts == {(oy, ox) for oy in range(5) for ox in range(5)}  # reflect padding: no zero ever appears
     assert bool((out > 0.5).all())
 

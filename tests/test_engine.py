@@ -516,3 +516,51 @@ def test_resume_and_early_stop_are_announced(tmp_path, capsys):
     fit(new_strategy(0), train, cfg, val, test, run_dir=tmp_path, resume=tmp_path / "last.pt", quiet=False,
         num_classes=10)
     assert f"resumed from {tmp_path / 'last.pt'} after epoch 2" in capsys.readouterr().err.splitlines()
+
+
+def test_a_run_record_holds_what_a_rerun_and_a_table_need(tiny_cifar10, tmp_path):
+    from robustlab.prepare import prepare_data
+    from robustlab.recipes import recipe_parts
+
+    ctx = Context(data_dir=str(tiny_cifar10.root), cache_dir=str(tmp_path / "cache"), device="cpu", quiet=True,
+                  tensorboard=False)
+    cfg = tiny_experiment()
+    record = run_experiment(cfg, tmp_path / "results", ctx)
+    splits = prepare_data(cfg.data, cfg.seed, ctx).splits
+    model = create_model("tiny_cnn")
+    assert record["num_params"] == sum(p.numel() for p in model.parameters())
+    assert record["data"] == {"train": 80, "val": 20, "test": 40, "mean": splits.mean, "std": splits.std,
+                              "classes": splits.classes}
+    assert record["recipe_parts"] == recipe_parts(cfg, record["strategy_options"])
+    assert record["config"] == cfg.key() and record["strategy_options"] == {"smoothing": 0.0}
+    assert record["environment"]["threads"] == torch.get_num_threads()
+    assert record["environment"]["deterministic"] is False and record["environment"]["torch"] == torch.__version__
+    assert record["checkpoint"] == str(tmp_path / "results" / "runs" / cfg.run_id / "last.pt")
+    assert record["stopped_early"] is False and record["warnings"] == [] and record["dynamics"] is None
+    assert 0 < record["wall_seconds"] < 600 and record["precision"]["requested"] == "auto"
+    assert record["precision"]["device"] == "cpu"
+    assert record["best"]["epoch"] == 1 and len(record["history"]) == 1
+    assert not list((tmp_path / "results" / "runs" / cfg.run_id).rglob("events.out.tfevents*"))  # tensorboard off
+
+
+def test_resume_from_a_named_checkpoint_continues_that_run(tiny_cifar10, tmp_path):
+    ctx = Context(data_dir=str(tiny_cifar10.root), cache_dir=str(tmp_path / "cache"), device="cpu", quiet=True)
+    short = tiny_experiment()
+    run_experiment(short, tmp_path / "a", ctx)
+    longer = tiny_experiment()
+    longer.train.epochs = 2
+    full = run_experiment(longer, tmp_path / "full", ctx)
+    # A checkpoint of the 2-epoch run after its first epoch, handed over by path.
+    part_cfg = tiny_experiment()
+    part_cfg.train.epochs = 2
+    from robustlab.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(tmp_path / "full" / "runs" / longer.run_id / "last.pt")
+    first = load_checkpoint(tmp_path / "a" / "runs" / short.run_id / "last.pt")
+    assert state["epoch"] == 1 and first["epoch"] == 0
+    with pytest.raises(UsageError, match="different training config"):  # a 1-epoch run's checkpoint does not fit
+        run_experiment(part_cfg, tmp_path / "b", Context(**{**ctx.__dict__, "resume": str(tmp_path / "a" / "runs" / short.run_id / "last.pt")}))
+    resumed = run_experiment(part_cfg, tmp_path / "c", Context(**{**ctx.__dict__,
+                             "resume": str(tmp_path / "full" / "runs" / longer.run_id / "last.pt")}))
+    assert len(resumed["history"]) == 2 and resumed["history"] == full["history"]  # nothing left to train
+    assert resumed["metrics"]["test_acc"] == full["metrics"]["test_acc"]
