@@ -513,12 +513,18 @@ def test_loader_defaults_start_at_epoch_zero_on_rank_zero():
 
 
 def test_loader_hands_the_index_and_epoch_to_an_alternating_flip():
-    images, labels = encoded(32)
+    images = torch.randint(0, 256, (32, 3, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     aug = BatchAugment(AugmentConfig(crop_pad=0, flip=True, flip_mode="alternate"), (0.5,) * 3, (0.5,) * 3)
-    loader = DeviceLoader(images, labels, 8, aug, seed=1)
+    loader = DeviceLoader(images, torch.arange(32) % 7, 8, aug, seed=1)
     loader.set_epoch(5)
-    for x, _, idx in loader:
-        assert torch.equal(x, hflip(Normalize((0.5,) * 3, (0.5,) * 3)(images[idx]), alternating_flip_mask(idx, 5)))
+    norm = Normalize((0.5,) * 3, (0.5,) * 3)
+    for x, _, idx in loader:  # mirrored images differ from the originals: the flip is visible
+        assert torch.equal(x, hflip(norm(images[idx]), alternating_flip_mask(idx, 5)))
+        assert not torch.equal(x, hflip(norm(images[idx]), ~alternating_flip_mask(idx, 5)))
+    third = DeviceLoader(images, torch.arange(32) % 7, 32, aug, seed=1)
+    passes = [list(third)[0] for _ in range(3)]  # each whole pass advances the epoch by one
+    for epoch, (x, _, idx) in enumerate(passes):
+        assert torch.equal(x, hflip(norm(images[idx]), alternating_flip_mask(idx, epoch)))
 
 
 def test_loader_error_messages_are_exact():
@@ -529,3 +535,13 @@ def test_loader_error_messages_are_exact():
         with pytest.raises(UsageError) as err:
             DeviceLoader(*args, identity)
         assert str(err.value) == message
+
+
+def test_alternating_flip_coin_is_bit_16_of_knuths_multiplicative_hash():
+    # (i * 2654435761) >> 16 for i = 0..5: 0, 40503, 81006, 121510, 162013, 202517; their lowest bits:
+    coins = [0, 1, 0, 0, 1, 1]
+    idx = torch.arange(6)
+    assert alternating_flip_mask(idx, 0).tolist() == [c == 1 for c in coins]  # even epochs mirror coin 1
+    for epoch in (1, 3):
+        assert alternating_flip_mask(idx, epoch).tolist() == [c == 0 for c in coins]
+    assert alternating_flip_mask(idx, 2).tolist() == alternating_flip_mask(idx, 0).tolist()
