@@ -120,6 +120,20 @@ def test_cutout_uses_per_sample_centres():
     assert (out[1, 0] == 0).nonzero().tolist() == [[3, 3], [3, 4], [4, 3], [4, 4]]
 
 
+def test_normalize_keeps_shape_and_dtype_per_channel():
+    x = torch.rand(2, 3, 4, 5)
+    mean, std = (0.1, 0.2, 0.3), (0.5, 0.25, 2.0)
+    for out in (normalize(x, mean, std), Normalize(mean, std)((x * 255).round().to(torch.uint8))):
+        assert out.shape == (2, 3, 4, 5) and out.dtype == torch.float32
+    out = normalize(x, mean, std)
+    for c in range(3):
+        assert torch.allclose(out[:, c], (x[:, c] - mean[c]) / std[c])
+    u8 = (x * 255).round().to(torch.uint8)
+    norm = Normalize(mean, std)(u8)
+    for c in range(3):
+        assert torch.allclose(norm[:, c], (u8[:, c].float() / 255 - mean[c]) / std[c])
+
+
 def test_normalize_by_hand():
     x = torch.tensor([[[[0.0, 1.0]], [[0.5, 0.25]], [[0.2, 0.2]]]])
     out = normalize(x, (0.5, 0.25, 0.2), (0.5, 0.25, 0.1))
@@ -172,6 +186,24 @@ def test_affine_zoom_scales_distances_from_the_centre():
     out = affine_of(ramp, scale=2.0)
     assert torch.allclose(out[0, 0, 0], 2 + (torch.arange(5.0) - 2) / 2, atol=1e-4)  # zoom in: half the distance
     assert torch.allclose(affine_of(ramp, scale=0.5)[0, 0, 2, 1:4], torch.tensor([0.0, 2.0, 4.0]), atol=1e-4)
+
+
+def test_affine_zoom_divides_every_coordinate_also_under_rotation():
+    i = torch.arange(5.0).view(5, 1)
+    j = torch.arange(5.0).view(1, 5)
+    ramp = (i + 10 * j).expand(5, 5).reshape(1, 1, 5, 5).contiguous()  # in(i, j) = 22 + v + 10 u around the centre
+    u, v = j - 2, i - 2
+    out = affine_of(ramp, angle=90, scale=2.0)
+    assert torch.allclose(out[0, 0], 22 + (u - 10 * v) / 2, atol=1e-3)  # rotated by 90 degrees, then zoomed in 2x
+    assert torch.allclose(affine_of(ramp, scale=2.0)[0, 0], 22 + (v + 10 * u) / 2, atol=1e-3)
+
+
+def test_affine_pads_by_reflection_unless_asked_for_zeros():
+    x = odd_grid(1)
+    n = torch.ones(1)
+    default = affine(x, 45 * n, 0 * n, n)  # corners come from outside the image
+    assert torch.equal(default, affine_of(x, angle=45, mode="reflect"))
+    assert not torch.equal(default, affine_of(x, angle=45, mode="zeros"))
 
 
 def test_affine_applies_the_shear_after_the_rotation_per_sample():
@@ -490,6 +522,8 @@ def test_colour_ops_match_torchvision_with_a_factor_per_image(op):
     from robustlab.data import color
 
     images = torch.rand(4, 3, 5, 6, generator=torch.Generator().manual_seed(0))
+    images[:, :, 0, 0] = 0.0  # a black pixel: hue and saturation undefined there
+    images[:, :, 0, 1] = 0.5  # a grey one
     factors = torch.tensor([-0.3, 0.1, 0.45, 0.0]) if op == "hue" else torch.tensor([0.0, 0.5, 1.0, 1.7])
     got = getattr(color, f"adjust_{op}")(images, factors)
     for n in range(4):
