@@ -555,6 +555,12 @@ def test_loader_hands_the_index_and_epoch_to_an_alternating_flip():
     for x, _, idx in loader:  # mirrored images differ from the originals: the flip is visible
         assert torch.equal(x, hflip(norm(images[idx]), alternating_flip_mask(idx, 5)))
         assert not torch.equal(x, hflip(norm(images[idx]), ~alternating_flip_mask(idx, 5)))
+    cropped = BatchAugment(AugmentConfig(crop_pad=2, flip=True, flip_mode="alternate"), (0.5,) * 3, (0.5,) * 3)
+    runs = []
+    for global_seed in (0, 1):  # crops come from the loader's generator, never from the global RNG
+        torch.manual_seed(global_seed)
+        runs.append(list(DeviceLoader(images, torch.arange(32) % 7, 8, cropped, seed=1)))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(*runs))
     third = DeviceLoader(images, torch.arange(32) % 7, 32, aug, seed=1)
     passes = [list(third)[0] for _ in range(3)]  # each whole pass advances the epoch by one
     for epoch, (x, _, idx) in enumerate(passes):
@@ -579,3 +585,18 @@ def test_alternating_flip_coin_is_bit_16_of_knuths_multiplicative_hash():
     for epoch in (1, 3):
         assert alternating_flip_mask(idx, epoch).tolist() == [c == 0 for c in coins]
     assert alternating_flip_mask(idx, 2).tolist() == alternating_flip_mask(idx, 0).tolist()
+    assert alternating_flip_mask(torch.tensor([345]), 0).tolist() == [False]  # (345 * 2654435761) >> 16 is even
+
+
+def test_the_pure_augmentations_stay_on_the_inputs_device():
+    """Meta tensors stand in for a GPU: any helper tensor made on the CPU instead would raise."""
+    from robustlab.data import color
+
+    x = torch.empty(4, 3, 8, 8, device="meta")
+    zeros = torch.zeros(4, dtype=torch.long, device="meta")
+    factors = torch.ones(4, device="meta")
+    outputs = [crop_padded(x, zeros, zeros, 2), cutout(x, zeros, zeros, 3), affine(x, factors, factors, factors),
+               normalize(x, MEAN, STD), Normalize(MEAN, STD)(torch.empty(4, 3, 8, 8, device="meta", dtype=torch.uint8)),
+               hflip(x, torch.ones(4, dtype=torch.bool, device="meta"))]
+    outputs += [getattr(color, f"adjust_{op}")(x, factors) for op in ("brightness", "contrast", "saturation", "hue")]
+    assert [(o.device.type, tuple(o.shape), o.dtype) for o in outputs] == [("meta", (4, 3, 8, 8), torch.float32)] * 10
