@@ -296,3 +296,17 @@ def test_train_cli_records_dynamics_and_the_aum_auroc(tiny_cifar10, tmp_path):
     wrong = saved["labels"] != saved["clean_labels"]
     assert wrong.mean() == pytest.approx(record["noise"]["realized_rate"])
     assert record["dynamics"]["aum_auroc"] == pytest.approx(aum_detector_auroc(saved))
+
+
+def test_clean_labels_give_dynamics_without_a_detector_score(tiny_cifar10, tmp_path):
+    """No mislabeled sample: AUM has nothing to detect, so the record holds no aum_auroc."""
+    import json
+
+    from robustlab.train import main
+
+    out = tmp_path / "out"
+    assert main(["--record-dynamics", "--epochs", "1", "--val-size", "0", "--model", "tiny_cnn", "--batch-size", "50",
+                 "--tta", "none", "--data-dir", str(tiny_cifar10.root), "--cache-dir", str(tmp_path / "cache"),
+                 "--device", "cpu", "--quiet", "--no-tensorboard", "--out", str(out)]) == 0
+    record = json.loads(next((out / "records").glob("*.json")).read_text())
+    assert record["dynamics"] == {"file": str(out / "runs" / record["run_id"] / "dynamics.npz"), "epochs": 1}

@@ -477,8 +477,9 @@ def test_the_number_of_classes_is_read_off_the_head():
     from robustlab.engine import _infer_classes
 
     assert _infer_classes(CrossEntropy(create_model("tiny_cnn", num_classes=7))) == 7
-    mlp = SimpleNamespace(model=SimpleNamespace(head=nn.Sequential(nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 3))))
-    assert _infer_classes(mlp) == 3
+    mlp = SimpleNamespace(model=SimpleNamespace(head=nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 5),
+                                                                   nn.ReLU(), nn.Linear(5, 3))))
+    assert _infer_classes(mlp) == 3  # the last linear layer of a head without out_features
     for headless in (SimpleNamespace(model=nn.Identity()), SimpleNamespace(model=SimpleNamespace(head=nn.ReLU()))):
         with pytest.raises(UsageError) as err:
             _infer_classes(headless)
@@ -564,3 +565,29 @@ def test_resume_from_a_named_checkpoint_continues_that_run(tiny_cifar10, tmp_pat
                              "resume": str(tmp_path / "full" / "runs" / longer.run_id / "last.pt")}))
     assert len(resumed["history"]) == 2 and resumed["history"] == full["history"]  # nothing left to train
     assert resumed["metrics"]["test_acc"] == full["metrics"]["test_acc"]
+
+
+def test_a_run_that_diverges_before_its_first_checkpoint_names_none(tmp_path):
+    torch.manual_seed(0)
+    train, val, test = loaders(n_train=64, n_test=50)
+    with pytest.raises(TrainingDiverged) as info:
+        fit(NaNPredictionsAfter(create_model("tiny_cnn"), epoch=0), train, sgd(epochs=2), val, test,
+            run_dir=tmp_path, quiet=True, num_classes=10)
+    assert str(info.value) == ("training diverged: the validation predictions became NaN or inf after epoch 1; "
+                               "try a lower learning rate than 0.05 (--lr)")
+    with pytest.raises(TrainingDiverged) as info:  # no run folder at all
+        fit(NaNPredictionsAfter(create_model("tiny_cnn"), epoch=0), train, sgd(epochs=2), val, test,
+            quiet=True, num_classes=10)
+    assert "checkpoint" not in str(info.value)
+
+
+def test_a_strategy_that_does_not_classify_gets_no_accuracies(tiny_cifar10, tmp_path):
+    from robustlab.experiment import StrategyConfig
+
+    ctx = Context(data_dir=str(tiny_cifar10.root), cache_dir=str(tmp_path / "cache"), device="cpu", quiet=True)
+    cfg = tiny_experiment()
+    cfg.strategy = StrategyConfig("supcon_pretrain")
+    record = run_experiment(cfg, tmp_path / "results", ctx)
+    assert record["metrics"].keys() == {"train_seconds", "images_per_s"}
+    assert not any(k.startswith(("val_", "test_")) for k in record["history"][0])
+    assert record["best"]["epoch"] == 1 and "val_acc" not in record["best"]
