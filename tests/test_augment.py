@@ -600,3 +600,12 @@ def test_the_pure_augmentations_stay_on_the_inputs_device():
                hflip(x, torch.ones(4, dtype=torch.bool, device="meta"))]
     outputs += [getattr(color, f"adjust_{op}")(x, factors) for op in ("brightness", "contrast", "saturation", "hue")]
     assert [(o.device.type, tuple(o.shape), o.dtype) for o in outputs] == [("meta", (4, 3, 8, 8), torch.float32)] * 10
+
+
+def test_cutout_centres_are_drawn_over_every_row_and_column(monkeypatch):
+    calls = _spy(monkeypatch, "cutout")
+    x = torch.randint(0, 256, (3000, 3, 5, 7), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    BatchAugment(AugmentConfig(crop_pad=0, flip=False, cutout=2), MEAN, STD)(x, torch.Generator().manual_seed(1))
+    (_, cy, cx, size), = calls
+    assert size == 2
+    assert sorted(set(cy.tolist())) == list(range(5)) and sorted(set(cx.tolist())) == list(range(7))
