@@ -525,7 +525,10 @@ def test_a_run_record_holds_what_a_rerun_and_a_table_need(tiny_cifar10, tmp_path
 
     ctx = Context(data_dir=str(tiny_cifar10.root), cache_dir=str(tmp_path / "cache"), device="cpu", quiet=True,
                   tensorboard=False)
+    from robustlab.experiment import StrategyConfig
+
     cfg = tiny_experiment()
+    cfg.strategy = StrategyConfig("ce", {"smoothing": 0.1})
     record = run_experiment(cfg, tmp_path / "results", ctx)
     splits = prepare_data(cfg.data, cfg.seed, ctx).splits
     model = create_model("tiny_cnn")
@@ -533,7 +536,8 @@ def test_a_run_record_holds_what_a_rerun_and_a_table_need(tiny_cifar10, tmp_path
     assert record["data"] == {"train": 80, "val": 20, "test": 40, "mean": splits.mean, "std": splits.std,
                               "classes": splits.classes}
     assert record["recipe_parts"] == recipe_parts(cfg, record["strategy_options"])
-    assert record["config"] == cfg.key() and record["strategy_options"] == {"smoothing": 0.0}
+    assert "label smoothing 0.1" in record["recipe_parts"]  # the strategy's own options count
+    assert record["config"] == cfg.key() and record["strategy_options"] == {"smoothing": 0.1}
     assert record["environment"]["threads"] == torch.get_num_threads()
     assert record["environment"]["deterministic"] is False and record["environment"]["torch"] == torch.__version__
     assert record["checkpoint"] == str(tmp_path / "results" / "runs" / cfg.run_id / "last.pt")
@@ -591,3 +595,32 @@ def test_a_strategy_that_does_not_classify_gets_no_accuracies(tiny_cifar10, tmp_
     assert record["metrics"].keys() == {"train_seconds", "images_per_s"}
     assert not any(k.startswith(("val_", "test_")) for k in record["history"][0])
     assert record["best"]["epoch"] == 1 and "val_acc" not in record["best"]
+
+
+def test_run_experiment_resumes_an_interrupted_run_from_its_last_checkpoint(tiny_cifar10, tmp_path, monkeypatch):
+    ctx = Context(data_dir=str(tiny_cifar10.root), cache_dir=str(tmp_path / "cache"), device="cpu", quiet=True,
+                  resume=True)
+    cfg = tiny_experiment()
+    cfg.train.epochs = 2
+    full = run_experiment(cfg, tmp_path / "full", ctx)  # --resume on a fresh folder is a fresh run
+    assert len(full["history"]) == 2
+    real = DeviceLoader.set_epoch
+    started = []
+
+    def interrupt_at_epoch_2(self, epoch):
+        if self.shuffle:  # the training loader
+            started.append(epoch)
+            if epoch == 1 and len(started) == 2:
+                raise KeyboardInterrupt
+        real(self, epoch)
+
+    monkeypatch.setattr(DeviceLoader, "set_epoch", interrupt_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, tmp_path / "part", ctx)
+    assert started == [0, 1]
+    resumed = run_experiment(cfg, tmp_path / "part", ctx)
+    assert started == [0, 1, 1]  # only the unfinished epoch is trained again
+    assert [without(r) for r in resumed["history"]] == [without(r) for r in full["history"]]
+    assert resumed["metrics"]["test_acc"] == full["metrics"]["test_acc"]
+    fresh = run_experiment(cfg, tmp_path / "again", Context(**{**ctx.__dict__, "resume": False}))
+    assert started == [0, 1, 1, 0, 1] and [without(r) for r in fresh["history"]] == [without(r) for r in full["history"]]
