@@ -591,7 +591,9 @@ def test_a_strategy_that_does_not_classify_gets_no_accuracies(tiny_cifar10, tmp_
     ctx = Context(data_dir=str(tiny_cifar10.root), cache_dir=str(tmp_path / "cache"), device="cpu", quiet=True)
     cfg = tiny_experiment()
     cfg.strategy = StrategyConfig("supcon_pretrain")
+    cfg.data.val_size = 0
     record = run_experiment(cfg, tmp_path / "results", ctx)
+    assert record["data"]["val"] == 0 and record["data"]["train"] == 100
     assert record["metrics"].keys() == {"train_seconds", "images_per_s"}
     assert not any(k.startswith(("val_", "test_")) for k in record["history"][0])
     assert record["best"]["epoch"] == 1 and "val_acc" not in record["best"]
