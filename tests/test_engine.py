@@ -626,3 +626,26 @@ def test_run_experiment_resumes_an_interrupted_run_from_its_last_checkpoint(tiny
     assert resumed["metrics"]["test_acc"] == full["metrics"]["test_acc"]
     fresh = run_experiment(cfg, tmp_path / "again", Context(**{**ctx.__dict__, "resume": False}))
     assert started == [0, 1, 1, 0, 1] and [without(r) for r in fresh["history"]] == [without(r) for r in full["history"]]
+
+
+def test_a_strategy_that_needs_a_train_pass_refuses_to_run_without_one():
+    class NeedsPass(CrossEntropy):
+        needs_train_pass = True
+        name = "needs_pass"
+
+    train, val, test = loaders(n_train=64)
+    with pytest.raises(UsageError) as err:
+        fit(NeedsPass(create_model("tiny_cnn")), train, sgd(1), val, test, quiet=True, num_classes=10)
+    assert str(err.value) == ("strategy 'needs_pass' needs a pass over the training set each epoch: give fit() a "
+                              "train_pass_loader")
+
+
+def test_per_epoch_test_metrics_use_the_runs_precision():
+    """Under bf16 the epoch's test row and the final metrics come from the same autocast evaluation."""
+    torch.manual_seed(0)
+    train, val, test = loaders(n_train=64)
+    cfg = sgd(epochs=1, precision="bf16")
+    result = fit(new_strategy(0), train, cfg, val, test, quiet=True, num_classes=10)
+    assert result.precision["precision"] == "bf16"
+    assert result.history[-1]["test_loss"] == result.metrics["test_loss"]
+    assert result.history[-1]["test_acc"] == result.metrics["test_acc"]
