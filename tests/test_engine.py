@@ -649,3 +649,49 @@ def test_per_epoch_test_metrics_use_the_runs_precision():
     assert result.precision["precision"] == "bf16"
     assert result.history[-1]["test_loss"] == result.metrics["test_loss"]
     assert result.history[-1]["test_acc"] == result.metrics["test_acc"]
+
+
+class EpochProbe(CrossEntropy):
+    """Cross-entropy that records the epoch hooks it receives and whether its train pass runs under autocast."""
+
+    needs_train_pass = True
+    name = "epoch_probe"
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.starts, self.passes = [], []
+
+    def on_epoch_start(self, epoch, num_epochs):
+        self.starts.append((epoch, num_epochs))
+
+    def on_train_pass(self, epoch, loader):
+        self.passes.append((epoch, torch.is_autocast_enabled("cpu"), torch.is_grad_enabled(), self.training))
+
+
+class ScheduledLayer(nn.Module):
+    """A layer with an epoch schedule of its own (as airbench's whitening bias)."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def begin_epoch(self, epoch):
+        self.epochs.append(epoch)
+
+    def forward(self, x):
+        return x
+
+
+@pytest.mark.parametrize("precision, autocast", [("fp32", False), ("bf16", True)])
+def test_epoch_hooks_reach_the_strategy_and_its_scheduled_layers(precision, autocast):
+    torch.manual_seed(0)
+    model = create_model("tiny_cnn")
+    model.scheduled = ScheduledLayer()
+    strategy = EpochProbe(model)
+    strategy.begin_epoch = lambda epoch: pytest.fail("the strategy itself is not a scheduled layer")
+    train, val, test = loaders(n_train=64)
+    fit(strategy, train, sgd(epochs=2, precision=precision), val, test, quiet=True, num_classes=10,
+        train_pass_loader=train)
+    assert strategy.starts == [(0, 2), (1, 2)]
+    assert model.scheduled.epochs == [0, 1]
+    assert strategy.passes == [(0, autocast, False, False), (1, autocast, False, False)]  # eval mode, no grad
