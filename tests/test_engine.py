@@ -695,3 +695,42 @@ def test_epoch_hooks_reach_the_strategy_and_its_scheduled_layers(precision, auto
     assert strategy.starts == [(0, 2), (1, 2)]
     assert model.scheduled.epochs == [0, 1]
     assert strategy.passes == [(0, autocast, False, False), (1, autocast, False, False)]  # eval mode, no grad
+
+
+def test_lookahead_hears_every_step_with_its_global_index(monkeypatch):
+    import robustlab.engine as engine
+
+    calls = []
+    real = engine.Lookahead.after_step
+
+    def spy(self, strategy, epoch, step, total):
+        calls.append((strategy is st, epoch, step, total))
+        return real(self, strategy, epoch, step, total)
+
+    monkeypatch.setattr(engine.Lookahead, "after_step", spy)
+    torch.manual_seed(0)
+    st = new_strategy(0)
+    train, val, test = loaders(n_train=70)  # batches of 32, 32, 6
+    fit(st, train, sgd(epochs=2), val, test, quiet=True, num_classes=10)
+    assert calls == [(True, e, e * 3 + s + 1, 6) for e in range(2) for s in range(3)]
+
+
+def test_train_loss_is_the_sample_weighted_mean_of_the_batch_losses():
+    class Recorded(CrossEntropy):
+        def __init__(self, model):
+            super().__init__(model)
+            self.batches = []
+
+        def train_step(self, x, y, idx, epoch):
+            out = super().train_step(x, y, idx, epoch)
+            self.batches.append((out.loss.item(), len(y), (out.logits.argmax(1) == y).sum().item()))
+            return out
+
+    torch.manual_seed(0)
+    st = Recorded(create_model("tiny_cnn"))
+    train, val, test = loaders(n_train=70)
+    result = fit(st, train, sgd(epochs=1, precision="fp32"), val, test, quiet=True, num_classes=10)
+    assert [n for _, n, _ in st.batches] == [32, 32, 6]
+    want = sum(loss * n for loss, n, _ in st.batches) / 70
+    assert result.history[0]["train_loss"] == pytest.approx(want, rel=1e-6)
+    assert result.history[0]["train_acc"] == pytest.approx(sum(c for *_, c in st.batches) / 70)
