@@ -231,7 +231,7 @@ class BadLossAt(CrossEntropy):
         return out
 
 
-@pytest.mark.parametrize("value, check_every, calls", [(float("nan"), 50, 16), (float("inf"), 1, 12)])
+@pytest.mark.parametrize("value, check_every, calls", [(float("nan"), 50, 16), (float("inf"), 1, 12), (float("nan"), 3, 14)])
 def test_non_finite_loss_stops_naming_epoch_and_step(tmp_path, value, check_every, calls):
     torch.manual_seed(0)
     strategy = BadLossAt(create_model("tiny_cnn"), epoch=1, step=3, value=value)
@@ -242,7 +242,7 @@ def test_non_finite_loss_stops_naming_epoch_and_step(tmp_path, value, check_ever
     assert str(info.value) == (f"training diverged: the loss became NaN or inf at epoch 2, step 4; last good "
                                f"checkpoint: {tmp_path / 'last.pt'}; try a lower learning rate than 0.05 (--lr)")
     assert isinstance(info.value, UsageError)
-    # Checked every step: stops right at the bad step; every 50 steps: at the end of the epoch.
+    # Checked every step: stops right at the bad step; every 3: after the 6th step; every 50: at the epoch's end.
     assert strategy.calls == calls
     assert torch.load(tmp_path / "last.pt", weights_only=False)["epoch"] == 0  # epoch 1 is kept
 
@@ -502,7 +502,7 @@ def test_a_run_prints_one_summary_per_epoch_unless_quiet(tmp_path, capsys):
     train, val, test = loaders(n_train=64)
     fit(new_strategy(0), train, cfg, val, test, run_dir=tmp_path / "a", quiet=True, num_classes=10)
     assert capsys.readouterr().err == ""
-    fit(new_strategy(0), train, cfg, val, test, run_dir=tmp_path / "b", quiet=False, num_classes=10)
+    fit(new_strategy(0), train, cfg, val, test, run_dir=tmp_path / "b", num_classes=10)  # not quiet by default
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ") and " | lr " in line]
     assert [line.split(" | ")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
 
@@ -596,6 +596,7 @@ def test_a_strategy_that_does_not_classify_gets_no_accuracies(tiny_cifar10, tmp_
     assert record["data"]["val"] == 0 and record["data"]["train"] == 100
     assert record["metrics"].keys() == {"train_seconds", "images_per_s"}
     assert not any(k.startswith(("val_", "test_")) for k in record["history"][0])
+    assert "train_acc" not in record["history"][0]  # no logits, no training accuracy
     assert record["best"]["epoch"] == 1 and "val_acc" not in record["best"]
 
 
@@ -734,3 +735,19 @@ def test_train_loss_is_the_sample_weighted_mean_of_the_batch_losses():
     want = sum(loss * n for loss, n, _ in st.batches) / 70
     assert result.history[0]["train_loss"] == pytest.approx(want, rel=1e-6)
     assert result.history[0]["train_acc"] == pytest.approx(sum(c for *_, c in st.batches) / 70)
+
+
+def test_train_accuracy_is_measured_against_the_strategys_own_targets():
+    class ShiftedTargets(CrossEntropy):
+        def train_step(self, x, y, idx, epoch):
+            out = super().train_step(x, y, idx, epoch)
+            self.last = (out.logits.argmax(1) == (y + 1) % 10).float().mean().item()
+            self.plain = (out.logits.argmax(1) == y).float().mean().item()
+            return StepOutput(out.loss, out.logits, targets=(y + 1) % 10)
+
+    torch.manual_seed(0)
+    st = ShiftedTargets(create_model("tiny_cnn"))
+    train, val, test = loaders(n_train=64)
+    result = fit(st, DeviceLoader(train.images, train.labels, 64, train.augment, seed=0), sgd(epochs=1), val, test,
+                 quiet=True, num_classes=10)
+    assert result.history[0]["train_acc"] == pytest.approx(st.last) and st.last != st.plain
