@@ -209,11 +209,14 @@ def test_record_dynamics_needs_the_training_set_pass():
     images, labels = toy_images(32, seed=0)
     strategy = create_strategy("ce", create_model("tiny_cnn", num_classes=CLASSES), num_classes=CLASSES)
     cfg = TrainConfig(epochs=1, batch_size=32, tta="none", precision="fp32", record_dynamics=True)
-    with pytest.raises(UsageError, match="record_dynamics needs a pass over the training set"):
+    with pytest.raises(UsageError) as err:
         fit(strategy, DeviceLoader(images, labels, 32, NORM), cfg, quiet=True, num_classes=CLASSES)
+    assert str(err.value) == ("record_dynamics needs a pass over the training set: give fit() a train_pass_loader "
+                              "(unaugmented, dataset order)")
     strategy.classifies = False
-    with pytest.raises(UsageError, match="record_dynamics needs a classifier"):
+    with pytest.raises(UsageError) as err:
         fit(strategy, DeviceLoader(images, labels, 32, NORM), cfg, quiet=True, num_classes=CLASSES)
+    assert str(err.value) == "record_dynamics needs a classifier; strategy 'ce' does not classify"
 
 
 def fake_dynamics(epochs=5, n=60, seed=0):

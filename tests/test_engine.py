@@ -668,6 +668,10 @@ class EpochProbe(CrossEntropy):
     def on_train_pass(self, epoch, loader):
         self.passes.append((epoch, torch.is_autocast_enabled("cpu"), torch.is_grad_enabled(), self.training))
 
+    def train_step(self, x, y, idx, epoch):
+        self.step_autocast = torch.is_autocast_enabled("cpu")
+        return super().train_step(x, y, idx, epoch)
+
 
 class ScheduledLayer(nn.Module):
     """A layer with an epoch schedule of its own (as airbench's whitening bias)."""
@@ -696,6 +700,7 @@ def test_epoch_hooks_reach_the_strategy_and_its_scheduled_layers(precision, auto
     assert strategy.starts == [(0, 2), (1, 2)]
     assert model.scheduled.epochs == [0, 1]
     assert strategy.passes == [(0, autocast, False, False), (1, autocast, False, False)]  # eval mode, no grad
+    assert strategy.step_autocast is autocast  # bf16 autocast in training steps only when the run asks for it
 
 
 def test_lookahead_hears_every_step_with_its_global_index(monkeypatch):
@@ -751,3 +756,19 @@ def test_train_accuracy_is_measured_against_the_strategys_own_targets():
     result = fit(st, DeviceLoader(train.images, train.labels, 64, train.augment, seed=0), sgd(epochs=1), val, test,
                  quiet=True, num_classes=10)
     assert result.history[0]["train_acc"] == pytest.approx(st.last) and st.last != st.plain
+
+
+def test_a_strategy_without_trainable_parameters_is_refused_and_one_tensor_is_enough():
+    frozen = CrossEntropy(create_model("tiny_cnn"))
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    train, val, test = loaders(n_train=64)
+    with pytest.raises(UsageError) as err:
+        fit(frozen, train, sgd(1), val, test, quiet=True, num_classes=10)
+    assert str(err.value) == "the strategy has no trainable parameters"
+    head_only = CrossEntropy(create_model("tiny_cnn"))
+    for name, p in head_only.named_parameters():
+        p.requires_grad_(name == "model.head.weight")
+    before = head_only.model.head.weight.detach().clone()
+    fit(head_only, train, sgd(1), val, test, quiet=True, num_classes=10)
+    assert not torch.equal(head_only.model.head.weight, before)
