@@ -772,3 +772,55 @@ def test_a_strategy_without_trainable_parameters_is_refused_and_one_tensor_is_en
     before = head_only.model.head.weight.detach().clone()
     fit(head_only, train, sgd(1), val, test, quiet=True, num_classes=10)
     assert not torch.equal(head_only.model.head.weight, before)
+
+
+def test_a_resumed_run_with_lookahead_weights_ends_like_an_uninterrupted_one(tmp_path):
+    from robustlab.settings import LookaheadConfig
+
+    cfg = sgd(epochs=3, lookahead=LookaheadConfig(start_epoch=1, every=2, decay=0.9, power=1.0))
+    torch.manual_seed(0)
+    full = new_strategy(0)
+    train, val, test = loaders(n_train=256)
+    ref = fit(full, train, cfg, val, test, run_dir=tmp_path / "full", quiet=True, num_classes=10)
+    torch.manual_seed(0)
+    part = new_strategy(0)
+    train, val, test = loaders(n_train=256, loader_cls=InterruptAt)
+    with pytest.raises(KeyboardInterrupt):
+        fit(part, train, cfg, val, test, run_dir=tmp_path / "part", quiet=True, num_classes=10)
+    assert torch.load(tmp_path / "part" / "last.pt", weights_only=False)["lookahead"]  # the EMA weights were saved
+    resumed = new_strategy(1)
+    train, val, test = loaders(n_train=256)
+    out = fit(resumed, train, cfg, val, test, run_dir=tmp_path / "part", resume=tmp_path / "part" / "last.pt",
+              quiet=True, num_classes=10)
+    _same_weights(full, resumed)
+    assert [without(r) for r in out.history] == [without(r) for r in ref.history]
+
+
+def test_resume_is_silent_when_quiet_and_old_checkpoints_without_the_early_stop_flag_resume(tmp_path, capsys):
+    cfg = sgd(epochs=2)
+    train, val, test = loaders(n_train=64, loader_cls=InterruptAt)
+    InterruptAt.stop = 1
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit(new_strategy(0), train, cfg, val, test, run_dir=tmp_path, quiet=True, num_classes=10)
+    finally:
+        InterruptAt.stop = 2
+    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    del state["stopped_early"]  # written before the flag existed
+    torch.save(state, tmp_path / "last.pt")
+    capsys.readouterr()
+    train, val, test = loaders(n_train=64)
+    out = fit(new_strategy(0), train, cfg, val, test, run_dir=tmp_path, resume=tmp_path / "last.pt", quiet=True,
+              num_classes=10)
+    assert len(out.history) == 2 and not out.stopped_early
+    assert capsys.readouterr().err == ""
+
+
+def test_resume_into_another_model_names_the_checkpoint_and_the_mismatch(tmp_path):
+    train, val, test = loaders(n_train=64)
+    fit(new_strategy(0), train, sgd(1), val, test, run_dir=tmp_path, quiet=True, num_classes=10)
+    other = CrossEntropy(create_model("tiny_cnn", num_classes=4))
+    with pytest.raises(UsageError) as err:
+        fit(other, train, sgd(1), val, test, resume=tmp_path / "last.pt", quiet=True, num_classes=10)
+    assert str(err.value) == (f"{tmp_path / 'last.pt'} does not fit this model (Error(s) in loading state_dict for "
+                              f"CrossEntropy:)")
