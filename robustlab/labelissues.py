@@ -53,9 +53,9 @@ from robustlab.crossval import (assign_folds, check_folds, fold_seconds, gather_
 from robustlab.errors import UsageError, cli_entry, require
 from robustlab.fileio import atomic_write, read_json, write_json, write_text
 from robustlab.launch import add_launcher_args, check_launcher_args, job_failure, make_executor, parse_shard
-from robustlab.recipes import PRESETS
 from robustlab.label_quality import (ISSUE_COLUMNS, DetectorInput, compare_noise, estimate_noise, issue_rows,
                                      run_detectors, score_detector)
+from robustlab.recipes import PRESETS
 
 DEFAULT_FOLDS = 5
 DETECTOR_COLUMNS = ["detector", "flagged", "flagged_fraction", "true_errors", "precision", "recall", "f1", "auroc"]

@@ -23,13 +23,12 @@ from robustlab.cli import (Parser, add_context_args, add_data_args, add_noise_ty
 from robustlab.config import Context, ExperimentConfig
 from robustlab.errors import UsageError
 from robustlab.fileio import write_text
-from robustlab.plugins import add_plugin_arg
 from robustlab.launch import parse_shard
+from robustlab.plugins import add_plugin_arg
 from robustlab.recipes import PRESETS, fast_config
 from robustlab.records import find_record
 from robustlab.settings import OptimConfig
 from studies.launcher import add_launcher_args, check_launcher_args, run_direct, run_submitit
-
 
 
 def study_parser(name: str, description: str, dataset: str = "cifar10", smoothing: bool = False,

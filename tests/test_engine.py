@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -564,9 +565,8 @@ def test_resume_from_a_named_checkpoint_continues_that_run(tiny_cifar10, tmp_pat
     first = load_checkpoint(tmp_path / "a" / "runs" / short.run_id / "last.pt")
     assert state["epoch"] == 1 and first["epoch"] == 0
     with pytest.raises(UsageError, match="different training config"):  # a 1-epoch run's checkpoint does not fit
-        run_experiment(part_cfg, tmp_path / "b", Context(**{**ctx.__dict__, "resume": str(tmp_path / "a" / "runs" / short.run_id / "last.pt")}))
-    resumed = run_experiment(part_cfg, tmp_path / "c", Context(**{**ctx.__dict__,
-                             "resume": str(tmp_path / "full" / "runs" / longer.run_id / "last.pt")}))
+        run_experiment(part_cfg, tmp_path / "b", replace(ctx, resume=str(tmp_path / "a" / "runs" / short.run_id / "last.pt")))
+    resumed = run_experiment(part_cfg, tmp_path / "c", replace(ctx, resume=str(tmp_path / "full" / "runs" / longer.run_id / "last.pt")))
     assert len(resumed["history"]) == 2 and resumed["history"] == full["history"]  # nothing left to train
     assert resumed["metrics"]["test_acc"] == full["metrics"]["test_acc"]
 
@@ -625,7 +625,7 @@ def test_run_experiment_resumes_an_interrupted_run_from_its_last_checkpoint(tiny
     assert started == [0, 1, 1]  # only the unfinished epoch is trained again
     assert [without(r) for r in resumed["history"]] == [without(r) for r in full["history"]]
     assert resumed["metrics"]["test_acc"] == full["metrics"]["test_acc"]
-    fresh = run_experiment(cfg, tmp_path / "again", Context(**{**ctx.__dict__, "resume": False}))
+    fresh = run_experiment(cfg, tmp_path / "again", replace(ctx, resume=False))
     assert started == [0, 1, 1, 0, 1] and [without(r) for r in fresh["history"]] == [without(r) for r in full["history"]]
 
 
